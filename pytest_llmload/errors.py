@@ -1,0 +1,60 @@
+"""The errors pytest-llmload raises.
+
+    LLMLoadError                     base of everything below
+    ├── ConfigError                  a bad option, ini value, SLO key or config file (shown as a usage error)
+    ├── ServerError                  the vLLM server we launched misbehaved
+    │   ├── ServerStartError         it exited or never became ready; carries the log tail
+    │   └── ServerDiedError          it died while a cell was running; carries exit code and log tail
+    ├── ReportFileError              a report / baseline file is damaged, foreign or of another schema
+    └── BaselineMismatchError        a comparison of runs of different models or layouts, not forced
+    SLOViolation (AssertionError)    an objective was missed: which cell, which metric, observed vs limit
+
+SLOViolation subclasses AssertionError, not LLMLoadError, so pytest reports a missed objective as a
+test *failure* rather than an error.
+"""
+
+from __future__ import annotations
+
+
+class LLMLoadError(Exception):
+    """Base class of every error pytest-llmload raises on purpose."""
+
+
+class ConfigError(LLMLoadError, ValueError):
+    """A bad option, ini value, marker argument or configuration file; the message names it."""
+
+
+class ServerError(LLMLoadError):
+    """The server we started did something we cannot work with."""
+
+    def __init__(self, message: str, *, log_tail: str = "", returncode: int | None = None) -> None:
+        self.log_tail = log_tail
+        self.returncode = returncode
+        if log_tail:
+            message = f"{message}\n--- last lines of the server log ---\n{log_tail}"
+        super().__init__(message)
+
+
+class ServerStartError(ServerError):
+    """The server exited during start-up or was not ready before the deadline."""
+
+
+class ServerDiedError(ServerError):
+    """The server exited while it was being measured."""
+
+
+class ReportFileError(LLMLoadError):
+    """A report or baseline file cannot be read: damaged, foreign, or of an unknown schema."""
+
+    def __init__(self, path: object, problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(f"{path}: {problem}")
+
+
+class BaselineMismatchError(LLMLoadError):
+    """The runs compared are of different models or layouts (use --llm-compare-force to compare anyway)."""
+
+
+class SLOViolation(AssertionError):
+    """A service-level objective was missed; the message says cell, metric, observed value and limit."""

@@ -1,0 +1,273 @@
+"""The data every other module passes around: per-request records, per-cell results, whole runs.
+
+Frozen, slotted dataclasses; `to_dict` / `from_dict` give the JSON shape of `llmload.json`
+(see `report/json_report.py`, which adds `schema_version` and validates on read).
+All times are seconds as floats. Request times are relative to the cell's start (`t0`, taken from
+`time.perf_counter()`), so records from different cells can be compared and stored without
+exposing the host's monotonic clock origin.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+# Error kinds a request can fail with. Kept as plain strings so they read well in reports.
+ERROR_KINDS = (
+    "http_400",  # the server refused the request (e.g. prompt longer than the context)
+    "http_404",
+    "http_429",  # rate limited / queue full
+    "http_5xx",
+    "http_other",
+    "connect",  # could not connect or the connection was reset
+    "timeout",  # no complete answer within the per-request timeout
+    "malformed_sse",  # a data line that is not JSON, or JSON of the wrong shape
+    "incomplete_stream",  # the stream ended without `data: [DONE]`
+    "server_error_event",  # an in-band `{"error": ...}` event in the stream
+    "server_died",  # the server process exited during the request
+    "no_usage",  # finished but the server sent no `usage`, so tokens cannot be counted
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CellSpec:
+    """What to run: N users at once (closed loop) or a fixed request rate for a duration (open loop)."""
+
+    users: int
+    prompt_tokens: int
+    max_tokens: int = 100
+    rounds: int = 1  # closed loop: each user sends `rounds` requests one after another
+    mode: str = "closed"  # "closed" or "open"
+    rate: float | None = None  # open loop: requests per second
+    duration_s: float | None = None  # open loop: how long to keep sending
+    poisson: bool = True  # open loop: exponential inter-arrival times (else constant)
+    seed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    """One request as the client saw it. Times in seconds since the cell's start."""
+
+    index: int
+    start: float
+    end: float
+    first_token: float | None = None  # arrival of the first chunk with content (not the role-only chunk)
+    chunk_times: tuple[float, ...] = ()  # arrival of every chunk that carried content
+    prompt_tokens: int | None = None  # from the server's `usage`
+    output_tokens: int | None = None  # from the server's `usage`
+    expected_prompt_tokens: int | None = None  # what the workload sized the prompt to
+    error: str | None = None  # one of ERROR_KINDS, None for success
+    error_detail: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def e2e(self) -> float:
+        return self.end - self.start
+
+    @property
+    def ttft(self) -> float | None:
+        return None if self.first_token is None else self.first_token - self.start
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["chunk_times"] = list(self.chunk_times)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RequestRecord:
+        d = dict(d)
+        d["chunk_times"] = tuple(d.get("chunk_times") or ())
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
+
+@dataclass(frozen=True, slots=True)
+class Distribution:
+    """Summary of a sample: percentiles, mean, extremes and the sample size."""
+
+    p50: float
+    p90: float
+    p95: float
+    p99: float
+    mean: float
+    min: float
+    max: float
+    count: int
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Distribution:
+        return cls(**{f.name: d[f.name] for f in fields(cls)})
+
+    def describe(self, unit: str = "s") -> str:
+        """One line for failure messages: `p50 1.23s p90 … max …  (n=32)`."""
+        parts = [f"{k} {getattr(self, k):.4g}{unit}" for k in ("p50", "p90", "p95", "p99", "mean", "min", "max")]
+        return "  ".join(parts) + f"  (n={self.count})"
+
+
+@dataclass(frozen=True, slots=True)
+class CellStats:
+    """The metrics of one cell, computed from its records by `metrics.cell_stats`."""
+
+    e2e: Distribution | None
+    ttft: Distribution | None
+    itl: Distribution | None
+    tpot: Distribution | None
+    tokens_per_s_per_user: Distribution | None
+    total_tokens_per_s: float
+    requests_per_s: float
+    requests_ok: int
+    requests_failed: int
+    errors: dict[str, int]
+    start_spread_s: float
+    duration_s: float
+    prompt_tokens_mismatches: int = 0  # requests whose usage.prompt_tokens differed from the size asked
+
+    _DISTS = ("e2e", "ttft", "itl", "tpot", "tokens_per_s_per_user")
+    _JSON = {"e2e": "e2e_s", "ttft": "ttft_s", "itl": "itl_s", "tpot": "tpot_s"}
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {}
+        for name in self._DISTS:
+            dist = getattr(self, name)
+            d[self._JSON.get(name, name)] = None if dist is None else dist.to_dict()
+        for name in ("total_tokens_per_s", "requests_per_s", "requests_ok", "requests_failed",
+                     "errors", "start_spread_s", "duration_s", "prompt_tokens_mismatches"):
+            d[name] = getattr(self, name)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CellStats:
+        kw: dict[str, Any] = {}
+        for name in cls._DISTS:
+            raw = d.get(cls._JSON.get(name, name))
+            kw[name] = None if raw is None else Distribution.from_dict(raw)
+        for f in fields(cls):
+            if f.name not in kw and f.name in d:
+                kw[f.name] = d[f.name]
+        return cls(**kw)
+
+
+@dataclass(frozen=True)
+class CellResult:
+    """One cell: N users x a prompt of P tokens, each generating `max_tokens`.
+
+    `ok` is False when the cell could not run or no request succeeded (the study's "-"); `error` says why.
+    `extra` carries optional per-cell sections (GPU telemetry, server /metrics deltas, physical limit,
+    warnings) keyed by name, so the core does not depend on the modules that fill them.
+    """
+
+    users: int
+    prompt_tokens: int
+    max_tokens: int
+    ok: bool
+    error: str | None = None
+    stats: CellStats | None = None
+    records: tuple[RequestRecord, ...] = ()
+    mode: str = "closed"  # "closed" (N users at once) or "open" (fixed request rate)
+    rate: float | None = None  # requests/s for open-loop cells
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    # Convenient attribute access for tests: result.e2e.p95, result.ttft.p50, ...
+    @property
+    def e2e(self) -> Distribution | None:
+        return self.stats.e2e if self.stats else None
+
+    @property
+    def ttft(self) -> Distribution | None:
+        return self.stats.ttft if self.stats else None
+
+    @property
+    def itl(self) -> Distribution | None:
+        return self.stats.itl if self.stats else None
+
+    @property
+    def tpot(self) -> Distribution | None:
+        return self.stats.tpot if self.stats else None
+
+    @property
+    def tokens_per_s_per_user(self) -> Distribution | None:
+        return self.stats.tokens_per_s_per_user if self.stats else None
+
+    @property
+    def total_tokens_per_s(self) -> float | None:
+        return self.stats.total_tokens_per_s if self.stats else None
+
+    @property
+    def errors(self) -> dict[str, int]:
+        return dict(self.stats.errors) if self.stats else {}
+
+    @property
+    def label(self) -> str:
+        """How reports and failure messages name the cell."""
+        if self.mode == "open":
+            return f"rate={self.rate:g}/s prompt_tokens={self.prompt_tokens} max_tokens={self.max_tokens}"
+        return f"users={self.users} prompt_tokens={self.prompt_tokens} max_tokens={self.max_tokens}"
+
+    def assert_slo(self, **limits: float) -> None:
+        """Raise `SLOViolation` naming cell, metric, observed value and limit for every missed objective."""
+        from .slo import SLO  # local import: slo depends on results
+
+        SLO.from_kwargs(limits, where="assert_slo()").check(self)
+
+    def to_dict(self, *, include_records: bool = True) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "users": self.users,
+            "prompt_tokens": self.prompt_tokens,
+            "max_tokens": self.max_tokens,
+            "mode": self.mode,
+            "rate": self.rate,
+            "ok": self.ok,
+            "error": self.error,
+            "stats": None if self.stats is None else self.stats.to_dict(),
+            "extra": self.extra,
+        }
+        if include_records:
+            d["records"] = [r.to_dict() for r in self.records]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CellResult:
+        return cls(
+            users=d["users"],
+            prompt_tokens=d["prompt_tokens"],
+            max_tokens=d["max_tokens"],
+            ok=d["ok"],
+            error=d.get("error"),
+            stats=None if d.get("stats") is None else CellStats.from_dict(d["stats"]),
+            records=tuple(RequestRecord.from_dict(r) for r in d.get("records") or ()),
+            mode=d.get("mode", "closed"),
+            rate=d.get("rate"),
+            extra=dict(d.get("extra") or {}),
+        )
+
+
+@dataclass
+class RunResult:
+    """A whole run: the environment it ran in and its cells, in the order they ran.
+
+    Mutable on purpose: the plugin appends cells as they finish so that partial results can be
+    written at any moment (a failed or interrupted session still leaves its reports).
+    """
+
+    environment: dict[str, Any] = field(default_factory=dict)
+    cells: list[CellResult] = field(default_factory=list)
+    interrupted: bool = False
+
+    def cell(self, users: int, prompt_tokens: int, max_tokens: int | None = None) -> CellResult:
+        """The last cell measured with these parameters; KeyError if there is none."""
+        for c in reversed(self.cells):
+            if c.mode == "closed" and c.users == users and c.prompt_tokens == prompt_tokens and (
+                max_tokens is None or c.max_tokens == max_tokens
+            ):
+                return c
+        raise KeyError(f"no cell users={users} prompt_tokens={prompt_tokens} in this run")
+
+    def matrix_axes(self) -> tuple[list[int], list[int]]:
+        """Sorted distinct users and prompt sizes of the closed-loop cells."""
+        closed = [c for c in self.cells if c.mode == "closed"]
+        return sorted({c.users for c in closed}), sorted({c.prompt_tokens for c in closed})
