@@ -1,0 +1,91 @@
+"""pytest-llmload: the performance of an LLM server as pytest assertions.
+
+Data flow (one module each): options -> models/server -> workload/client/runner -> results ->
+metrics -> slo/capacity -> report/baseline. The engine works without pytest:
+
+    from pytest_llmload import LoadRunner, CellSpec
+    with LoadRunner("http://127.0.0.1:8000", "my-model") as runner:
+        cell = runner.run_cell(CellSpec(users=32, prompt_tokens=480))
+        print(cell.e2e.p95, cell.tokens_per_s_per_user.p50)
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+from .capacity import CapacityResult, Inconclusive, find_max_users
+from .errors import (
+    BaselineMismatchError,
+    ConfigError,
+    LLMLoadError,
+    ReportFileError,
+    ServerDiedError,
+    ServerError,
+    ServerStartError,
+    SLOViolation,
+)
+from .metrics import cell_stats
+from .options import Settings
+from .results import CellResult, CellSpec, CellStats, Distribution, RequestRecord, RunResult
+from .slo import SLO
+
+__version__ = "0.1.0"
+
+# Heavier modules load on first use so `import pytest_llmload` (done by pytest for every run) stays cheap.
+_LAZY = {
+    "LoadRunner": "runner",
+    "VLLMServer": "server",
+    "AttachedServer": "server",
+    "ServerSpec": "server",
+    "PRESETS": "models",
+    "build_tiny_model": "models",
+    "read_report": "report.json_report",
+    "write_reports": "report",
+    "save_baseline": "baseline",
+    "load_baseline": "baseline",
+    "compare": "baseline",
+    "LoadSession": "session",
+}
+
+__all__ = [
+    "AttachedServer",
+    "BaselineMismatchError",
+    "CapacityResult",
+    "CellResult",
+    "CellSpec",
+    "CellStats",
+    "ConfigError",
+    "Distribution",
+    "Inconclusive",
+    "LLMLoadError",
+    "LoadRunner",
+    "LoadSession",
+    "PRESETS",
+    "ReportFileError",
+    "RequestRecord",
+    "RunResult",
+    "SLO",
+    "SLOViolation",
+    "ServerDiedError",
+    "ServerError",
+    "ServerSpec",
+    "ServerStartError",
+    "Settings",
+    "VLLMServer",
+    "__version__",
+    "build_tiny_model",
+    "cell_stats",
+    "compare",
+    "find_max_users",
+    "load_baseline",
+    "read_report",
+    "save_baseline",
+    "write_reports",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,110 @@
+"""End of a session: write every report, save / compare baselines, and build the terminal summary.
+
+Runs from `pytest_sessionfinish`, also when the session failed or was interrupted, so partial results
+are always on disk. Returns whether a regression gate failed, for the plugin to set the exit status.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import LLMLoadError
+from .session import LoadSession
+
+
+@dataclass
+class FinishState:
+    """What the summary prints: report paths, the comparison, the reference and any problems."""
+
+    paths: list[Any] = field(default_factory=list)
+    comparison: Any = None
+    reference_text: str | None = None
+    problems: list[str] = field(default_factory=list)
+    gate_failed: bool = False
+
+
+_STATE: dict[int, FinishState] = {}  # keyed by id(LoadSession): one summary per session
+
+
+def finish_session(load: LoadSession, config: Any = None) -> bool:
+    """Write reports, save the baseline, run the comparison gate. True if the gate failed."""
+    state = _STATE.setdefault(id(load), FinishState())
+    if not load.run.cells:
+        return False
+    state.paths = load.write_reports()
+    state.problems += load.report_errors
+    s = load.settings
+    if s.save_baseline:
+        _guard(state, "saving the baseline", lambda: _save_baseline(load, s.save_baseline))
+    if s.baseline:
+        _guard(state, "comparing with the baseline", lambda: _compare(load, state), fails_gate=True)
+    if s.reference:
+        _guard(state, "reading the reference", lambda: _reference(load, state))
+    if config is not None:
+        _guard(state, "storing cells for pytest-benchmark", lambda: _bench_export(load, config))
+    return state.gate_failed
+
+
+def _guard(state: FinishState, what: str, action: Callable[[], None], *, fails_gate: bool = False) -> None:
+    """Run one end-of-session step; a problem is reported, and fails the session only where it is a gate."""
+    try:
+        action()
+    except (LLMLoadError, OSError) as exc:
+        state.problems.append(f"{what}: {exc}")
+        state.gate_failed = state.gate_failed or fails_gate
+
+
+def _save_baseline(load: LoadSession, path: str) -> None:
+    from .baseline import save_baseline
+
+    save_baseline(load.run, path)
+
+
+def _compare(load: LoadSession, state: FinishState) -> None:
+    from .baseline import compare, load_baseline, parse_gate
+
+    s = load.settings
+    gates = [parse_gate(g) for g in s.compare_fail]
+    baseline = load_baseline(s.baseline)
+    state.comparison = compare(load.run, baseline, gates, force=s.compare_force)
+    state.gate_failed = bool(state.comparison.failed)
+
+
+def _reference(load: LoadSession, state: FinishState) -> None:
+    from .reference import reference_from, render_ratio
+
+    state.reference_text = render_ratio(load.run, reference_from(load.settings.reference))
+
+
+def _bench_export(load: LoadSession, config: Any) -> None:
+    from .bench_export import add_cells_to_benchmark_session
+
+    add_cells_to_benchmark_session(config, load.run)
+
+
+def terminal_summary(load: LoadSession, write_line: Callable[[str], None]) -> None:
+    """The study-style matrices, then comparison, reference, report paths and problems."""
+    from .report.table import render_matrix
+
+    state = _STATE.pop(id(load), FinishState())
+    if not load.run.cells:
+        return
+    write_line("")
+    for metric in load.settings.report_metrics:
+        for line in render_matrix(load.run, metric).splitlines():
+            write_line(line)
+        write_line("")
+    if state.comparison is not None:
+        for line in state.comparison.render().splitlines():
+            write_line(line)
+    if state.reference_text:
+        for line in state.reference_text.splitlines():
+            write_line(line)
+    if state.paths:
+        write_line(f"pytest-llmload reports: {load.report_dir()}")
+    for problem in state.problems:
+        write_line(f"pytest-llmload: {problem}")
+    if state.gate_failed:
+        write_line("pytest-llmload: regression gate FAILED (see the comparison above)")

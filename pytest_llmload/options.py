@@ -1,0 +1,268 @@
+"""Command-line and ini options: validators and the one frozen `Settings` they resolve into.
+
+Every `parse_*` raises `argparse.ArgumentTypeError`, so a bad command-line value fails at parse time
+with pytest's usage error naming the option. Ini values go through the same parsers in
+`Settings.from_config`, which names the ini key instead (pytest-timeout's `_validate_timeout(value, where)`).
+Precedence: command line > environment (only OPENAI_API_KEY / LLMLOAD_* named below) > ini > default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+from urllib.parse import urlparse
+
+from .errors import ConfigError
+
+T = TypeVar("T")
+
+# The reference study's matrix.
+STUDY_USERS = (1, 2, 4, 8, 16, 32, 64, 128)
+STUDY_PROMPT_TOKENS = (31, 63, 119, 296, 480, 822, 2193)
+METRICS = ("e2e", "ttft", "itl", "tpot", "tokens_per_s_per_user", "total_tokens_per_s")
+
+
+def _fail(message: str) -> argparse.ArgumentTypeError:
+    return argparse.ArgumentTypeError(message)
+
+
+def parse_positive_int(value: str | int) -> int:
+    """An integer >= 1."""
+    try:
+        n = int(str(value).strip())
+    except ValueError:
+        raise _fail(f"{value!r} is not a whole number") from None
+    if n < 1:
+        raise _fail(f"{value!r} must be 1 or more")
+    return n
+
+
+def parse_positive_float(value: str | float) -> float:
+    """A number > 0 (seconds, rates)."""
+    try:
+        x = float(str(value).strip())
+    except ValueError:
+        raise _fail(f"{value!r} is not a number") from None
+    if not x > 0 or x != x or x == float("inf"):
+        raise _fail(f"{value!r} must be a finite number above 0")
+    return x
+
+
+def parse_int_list(value: str | Sequence[int]) -> tuple[int, ...]:
+    """A comma-separated list of positive integers, e.g. `1,2,4,8`; kept in the given order, no duplicates."""
+    items = value if not isinstance(value, str) else [v for v in value.replace(" ", ",").split(",") if v]
+    if not items:
+        raise _fail("an empty list; give comma-separated whole numbers, e.g. 1,2,4")
+    out = tuple(parse_positive_int(v) for v in items)
+    return tuple(dict.fromkeys(out))
+
+
+def parse_choice(*choices: str) -> Callable[[str], str]:
+    """A validator accepting one of `choices` (case-insensitive)."""
+
+    def parse(value: str) -> str:
+        v = str(value).strip().lower()
+        if v not in choices:
+            raise _fail(f"{value!r} is not one of {', '.join(choices)}")
+        return v
+
+    parse.__name__ = "choice"
+    return parse
+
+
+def parse_base_url(value: str) -> str:
+    """An http(s) URL of an OpenAI-compatible server, without a trailing /v1."""
+    url = str(value).strip().rstrip("/")
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise _fail(f"{value!r} is not an http(s) URL such as http://127.0.0.1:8000")
+    return url[: -len("/v1")] if url.endswith("/v1") else url
+
+
+def parse_metric_list(value: str) -> tuple[str, ...]:
+    """Report metrics, e.g. `e2e,ttft`."""
+    items = [v.strip() for v in str(value).split(",") if v.strip()]
+    bad = [v for v in items if v not in METRICS]
+    if bad or not items:
+        raise _fail(f"{value!r}: metrics are {', '.join(METRICS)}")
+    return tuple(items)
+
+
+def parse_gpus(value: str) -> str:
+    """Device indices for CUDA_VISIBLE_DEVICES, e.g. `0,1`."""
+    items = [v.strip() for v in str(value).split(",") if v.strip()]
+    if not items or not all(v.isdigit() for v in items):
+        raise _fail(f"{value!r} is not a comma-separated list of GPU indices such as 0,1")
+    return ",".join(items)
+
+
+class _Parser(Protocol):
+    def __call__(self, value: str, /) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Option:
+    """One `--llm-*` option and its ini mirror."""
+
+    name: str  # without the leading dashes and prefix, e.g. "users"
+    help: str
+    default: Any = None
+    parse: _Parser | None = None
+    metavar: str | None = None
+    kind: str = "value"  # "value", "append" or "flag"
+    env: str | None = None
+
+    @property
+    def flag(self) -> str:
+        return f"--llm-{self.name}"
+
+    @property
+    def dest(self) -> str:
+        return f"llm_{self.name.replace('-', '_')}"
+
+    @property
+    def ini(self) -> str:
+        return self.dest
+
+
+OPTIONS: tuple[Option, ...] = (
+    # --- which server
+    Option("model", "Preset name (see --llm-list-presets), hub id, or local model directory.", "tiny",
+           str, "NAME", env="LLMLOAD_MODEL"),
+    Option("base-url", "Attach to an already running OpenAI-compatible server instead of starting vLLM.",
+           None, parse_base_url, "URL", env="LLMLOAD_BASE_URL"),
+    Option("api-key", "API key for --llm-base-url (else $OPENAI_API_KEY). Never written to logs or reports.",
+           None, str, "KEY", env="OPENAI_API_KEY"),
+    Option("served-model-name", "Model name to request (default: the preset's or the server's first model).",
+           None, str, "NAME"),
+    # --- how vLLM is started (mirrors vllm serve flags)
+    Option("tp", "Tensor parallel size (vllm --tensor-parallel-size). Default: the preset's.", None,
+           parse_positive_int, "N"),
+    Option("pp", "Pipeline parallel size (vllm --pipeline-parallel-size). Default: the preset's.", None,
+           parse_positive_int, "N"),
+    Option("gpus", "GPU indices for the server (CUDA_VISIBLE_DEVICES), e.g. 0,1.", None, parse_gpus, "LIST"),
+    Option("quantization", "vllm --quantization, e.g. awq, gptq. Default: the preset's.", None, str, "METHOD"),
+    Option("dtype", "vllm --dtype, e.g. float16, bfloat16. Default: the preset's (float32 on CPU).", None,
+           parse_choice("auto", "half", "float16", "bfloat16", "float", "float32"), "DTYPE"),
+    Option("max-model-len", "vllm --max-model-len (context length). Default: the preset's.", None,
+           parse_positive_int, "TOKENS"),
+    Option("server-arg", "Extra argument passed verbatim to vllm serve (repeatable), e.g. "
+           "--llm-server-arg=--distributed-executor-backend=ray.", (), str, "ARG", "append"),
+    Option("device", "Where vLLM runs: auto (CPU build of vLLM -> cpu), cpu or gpu.", "auto",
+           parse_choice("auto", "cpu", "gpu"), "DEVICE"),
+    Option("host", "Address the started server binds to.", "127.0.0.1", str, "ADDR"),
+    Option("startup-timeout", "Seconds to wait for the started server to become ready.", 600.0,
+           parse_positive_float, "SECONDS"),
+    Option("cache-dir", "Where the tiny model and vLLM's compile cache are kept.", None, str, "DIR",
+           env="LLMLOAD_CACHE_DIR"),
+    # --- the workload
+    Option("users", "Simultaneous users of the matrix, comma-separated.", STUDY_USERS, parse_int_list, "LIST"),
+    Option("prompt-tokens", "Prompt sizes in tokens of the matrix, comma-separated.", STUDY_PROMPT_TOKENS,
+           parse_int_list, "LIST"),
+    Option("max-tokens", "Tokens each request generates (ignore_eos, so exactly this many).", 100,
+           parse_positive_int, "N"),
+    Option("rounds", "Requests each user sends one after another in a cell.", 1, parse_positive_int, "N"),
+    Option("api", "Endpoint: completions (/v1/completions) or chat (/v1/chat/completions).", "completions",
+           parse_choice("completions", "chat"), "API"),
+    Option("request-timeout", "Seconds before one request counts as failed (timeout).", 600.0,
+           parse_positive_float, "SECONDS"),
+    Option("shared-prefix", "Let prompts share a prefix (exercises prefix caching; default: all distinct).",
+           False, None, None, "flag"),
+    Option("telemetry-interval", "Seconds between GPU telemetry samples.", 0.1, parse_positive_float, "SECONDS"),
+    # --- objectives
+    Option("slo-file", "TOML file of objectives ([[slo]] tables) for this deployment.", None, str, "PATH"),
+    # --- reports and gates
+    Option("report-dir", "Folder for llmload.json, CSV, Markdown and report.html.", "llmload-report", str, "DIR"),
+    Option("report-metrics", "Matrices printed at the end of the session.", ("e2e",), parse_metric_list,
+           "LIST"),
+    Option("save-baseline", "Save this run as a baseline file.", None, str, "PATH"),
+    Option("baseline", "Compare this run against a saved baseline and show per-cell deltas.", None, str, "PATH"),
+    Option("compare-fail", "Fail the session on a regression beyond a threshold, e.g. e2e_p95:10% "
+           "(repeatable; higher latency / lower throughput is worse).", (), str, "METRIC:PCT", "append"),
+    Option("compare-force", "Compare with a baseline of another model or layout anyway.", False, None, None,
+           "flag"),
+    Option("reference", "Print the run beside a reference matrix: a baseline/llmload.json path or a study "
+           "table (I..VII).", None, str, "PATH|TABLE"),
+)
+OPTIONS_BY_DEST = {o.dest: o for o in OPTIONS}
+
+
+def _ini_value(option: Option, raw: Any) -> Any:
+    """Convert an ini value (string or list of lines) to what the command line would have produced."""
+    if option.kind == "flag":
+        return str(raw).strip().lower() in ("1", "true", "yes", "on")
+    if option.kind == "append":
+        lines = raw if isinstance(raw, list) else str(raw).splitlines()
+        return tuple(line.strip() for line in lines if line.strip())
+    return option.parse(raw) if option.parse else raw
+
+
+def resolve(option: Option, cli: Any, ini: Any, environ: dict[str, str]) -> Any:
+    """One option's value: command line > environment > ini > default; errors name where the value came from."""
+    if cli not in (None, (), [], False):
+        return tuple(cli) if option.kind == "append" else cli
+    if option.env and environ.get(option.env):
+        return _parse_from(option, environ[option.env], f"environment variable {option.env}")
+    if ini not in (None, "", []):
+        return _parse_from(option, ini, f"ini option {option.ini}")
+    return option.default
+
+
+def _parse_from(option: Option, raw: Any, where: str) -> Any:
+    try:
+        return _ini_value(option, raw)
+    except argparse.ArgumentTypeError as exc:
+        raise ConfigError(f"{where} (for {option.flag}): {exc}") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every resolved `--llm-*` option. Built once per session by `from_values`."""
+
+    model: str = "tiny"
+    base_url: str | None = None
+    api_key: str | None = field(default=None, repr=False)  # never printed
+    served_model_name: str | None = None
+    tp: int | None = None
+    pp: int | None = None
+    gpus: str | None = None
+    quantization: str | None = None
+    dtype: str | None = None
+    max_model_len: int | None = None
+    server_arg: tuple[str, ...] = ()
+    device: str = "auto"
+    host: str = "127.0.0.1"
+    startup_timeout: float = 600.0
+    cache_dir: str | None = None
+    users: tuple[int, ...] = STUDY_USERS
+    prompt_tokens: tuple[int, ...] = STUDY_PROMPT_TOKENS
+    max_tokens: int = 100
+    rounds: int = 1
+    api: str = "completions"
+    request_timeout: float = 600.0
+    shared_prefix: bool = False
+    telemetry_interval: float = 0.1
+    slo_file: str | None = None
+    report_dir: str = "llmload-report"
+    report_metrics: tuple[str, ...] = ("e2e",)
+    save_baseline: str | None = None
+    baseline: str | None = None
+    compare_fail: tuple[str, ...] = ()
+    compare_force: bool = False
+    reference: str | None = None
+
+    @classmethod
+    def from_values(cls, cli: Callable[[str], Any], ini: Callable[[str], Any],
+                    environ: dict[str, str] | None = None) -> Settings:
+        """Resolve all options given getters for command-line and ini values (by dest / ini name)."""
+        env = dict(os.environ if environ is None else environ)
+        values = {o.dest[len("llm_"):]: resolve(o, cli(o.dest), ini(o.ini), env) for o in OPTIONS}
+        return cls(**values)
+
+    def cache_path(self) -> Path:
+        """The cache folder: --llm-cache-dir, else ~/.cache/pytest-llmload."""
+        return Path(self.cache_dir or Path.home() / ".cache" / "pytest-llmload").expanduser()

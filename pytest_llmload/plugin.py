@@ -1,0 +1,284 @@
+"""The pytest11 entry point: options, ini, markers, fixtures and report hooks. Thin: it delegates to
+`session.LoadSession` (server, runner, reports) and `slo` (objectives).
+
+Fixtures, from the bottom up (each can be overridden in a user's conftest.py):
+    llm_settings   session   the resolved --llm-* options (options.Settings)
+    llm_session    session   the LoadSession: owns the server, the runner and the run
+    llm_server     session   the started vLLM (or the attached server): .base_url, .model, .log_path
+    llm_load       function  callable: llm_load(users=32, prompt_tokens=480) -> CellResult; .max_users(...)
+    llm_matrix     session   the configured users x prompt-size matrix, measured once
+    llm_cell       function  one cell of that matrix; a test that asks for it is parametrized over the matrix
+    llm_slos       session   the objectives from --llm-slo-file and the ini option llm_slo
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from . import slo as slo_mod
+from .capacity import CapacityResult, Inconclusive, find_max_users
+from .errors import ConfigError, LLMLoadError, SLOViolation
+from .options import OPTIONS, Settings
+from .results import CellResult, RunResult
+from .session import LoadSession, check_settings
+
+SESSION_KEY = pytest.StashKey[LoadSession]()
+SETTINGS_KEY = pytest.StashKey[Settings]()
+CELLS_KEY = pytest.StashKey[list[CellResult]]()  # the cells a test measured or read, for its llm_slo marker
+
+MARKER_HELP = ("llm_slo(**objectives): objectives checked against the cells the test measured, e.g. "
+               "llm_slo(users=32, e2e_p95_s=20); keys: " + slo_mod.KEY_HELP)
+
+
+# --- options -----------------------------------------------------------------------------------------
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("llmload", "LLM server load testing (pytest-llmload)")
+    for opt in OPTIONS:
+        help_text = f"{opt.help} Default: {opt.default!r}."
+        if opt.kind == "flag":
+            group.addoption(opt.flag, action="store_true", default=None, dest=opt.dest, help=help_text)
+        elif opt.kind == "append":
+            group.addoption(opt.flag, action="append", default=None, dest=opt.dest, metavar=opt.metavar,
+                            help=help_text)
+        else:
+            group.addoption(opt.flag, action="store", default=None, dest=opt.dest, metavar=opt.metavar,
+                            type=opt.parse, help=help_text)
+        parser.addini(opt.ini, f"{opt.help} (ini mirror of {opt.flag})",
+                      type="linelist" if opt.kind == "append" else "string", default=None)
+    parser.addini("llm_slo", "Objectives, one per line: users=32 prompt_tokens=31,63 e2e_p95_s=20",
+                  type="linelist", default=[])
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", MARKER_HELP)
+    try:
+        settings = Settings.from_values(lambda dest: config.getoption(dest, None),
+                                        lambda name: config.getini(name))
+        check_settings(settings)
+    except ConfigError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    config.stash[SETTINGS_KEY] = settings
+    config.stash[SESSION_KEY] = LoadSession(settings, rootdir=config.rootpath)
+
+
+def _load_session(config: pytest.Config) -> LoadSession:
+    return config.stash[SESSION_KEY]
+
+
+# --- collection: markers and parametrization -----------------------------------------------------------
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Reject unknown llm_slo keys at collection, not after an expensive run."""
+    for item in items:
+        for mark in item.iter_markers("llm_slo"):
+            if mark.args:
+                raise pytest.UsageError(f"{item.nodeid}: llm_slo takes keyword arguments only, got {mark.args!r}")
+            try:
+                slo_mod.SLO.from_kwargs(mark.kwargs, where=f"{item.nodeid}: @pytest.mark.llm_slo")
+            except ConfigError as exc:
+                raise pytest.UsageError(str(exc)) from None
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test that asks for `llm_cell` becomes one item per cell of the configured matrix."""
+    if "llm_cell" in metafunc.fixturenames:
+        s = metafunc.config.stash[SETTINGS_KEY]
+        cells = [(u, p) for p in s.prompt_tokens for u in s.users]
+        metafunc.parametrize("llm_cell", cells, indirect=True, ids=[f"u{u}-p{p}" for u, p in cells])
+
+
+# --- fixtures ----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def llm_settings(pytestconfig: pytest.Config) -> Settings:
+    """The resolved --llm-* options."""
+    return pytestconfig.stash[SETTINGS_KEY]
+
+
+@pytest.fixture(scope="session")
+def llm_session(pytestconfig: pytest.Config) -> LoadSession:
+    """The session object behind every other fixture (server, runner, recorded run)."""
+    return _load_session(pytestconfig)
+
+
+@pytest.fixture(scope="session")
+def llm_server(llm_session: LoadSession) -> Iterator[Any]:
+    """The vLLM server for this session: started from --llm-model and the layout options, or attached
+    with --llm-base-url. Has `.base_url`, `.model` (the served name) and `.log_path`."""
+    try:
+        server = llm_session.start_server()
+    except LLMLoadError as exc:
+        pytest.fail(f"pytest-llmload could not start the server: {exc}", pytrace=False)
+    yield server
+    llm_session.close()
+
+
+class LoadFixture:
+    """What `llm_load` is: call it to measure a cell; `.max_users(...)` for capacity; `.open_loop(...)`."""
+
+    def __init__(self, session: LoadSession, sink: list[CellResult]) -> None:
+        self._session = session
+        self._sink = sink
+
+    def __call__(self, users: int, prompt_tokens: int, max_tokens: int | None = None,
+                 rounds: int | None = None) -> CellResult:
+        cell = self._session.run_cell(users, prompt_tokens, max_tokens, rounds)
+        self._sink.append(cell)
+        return cell
+
+    def open_loop(self, rate: float, duration_s: float, prompt_tokens: int, max_tokens: int | None = None,
+                  poisson: bool = True, seed: int = 0) -> CellResult:
+        """Send `rate` requests/s (Poisson or constant) for `duration_s` seconds."""
+        cell = self._session.run_open_loop(rate, duration_s, prompt_tokens, max_tokens, poisson, seed)
+        self._sink.append(cell)
+        return cell
+
+    def max_users(self, slo: slo_mod.SLO | dict[str, Any] | None = None, *, prompt_tokens: int,
+                  max_tokens: int | None = None, start: int = 1, limit: int = 128, margin: float = 0.05,
+                  repeats: int = 2, **objectives: Any) -> CapacityResult:
+        """The largest number of simultaneous users meeting the objective (doubling, then bisecting)."""
+        if not isinstance(slo, slo_mod.SLO):
+            slo = slo_mod.SLO.from_kwargs({**(slo or {}), **objectives}, where="llm_load.max_users()")
+        return find_max_users(lambda u: self(u, prompt_tokens, max_tokens), slo, prompt_tokens=prompt_tokens,
+                              start=start, limit=limit, margin=margin, repeats=repeats)
+
+
+@pytest.fixture
+def llm_load(llm_server: Any, llm_session: LoadSession, request: pytest.FixtureRequest) -> LoadFixture:
+    """Callable: `llm_load(users=32, prompt_tokens=480, max_tokens=100) -> CellResult`."""
+    return LoadFixture(llm_session, request.node.stash.setdefault(CELLS_KEY, []))
+
+
+class Matrix:
+    """The configured matrix, measured once per session; `cell(users=, prompt_tokens=)` reads one."""
+
+    def __init__(self, session: LoadSession) -> None:
+        self._session = session
+
+    @property
+    def run(self) -> RunResult:
+        return self._session.run
+
+    def cell(self, users: int, prompt_tokens: int) -> CellResult:
+        return self._session.cached_cell(users, prompt_tokens)
+
+    def cells(self) -> list[CellResult]:
+        s = self._session.settings
+        return [self.cell(u, p) for p in s.prompt_tokens for u in s.users]
+
+
+@pytest.fixture(scope="session")
+def llm_matrix(llm_server: Any, llm_session: LoadSession) -> Matrix:
+    """Every cell of --llm-users x --llm-prompt-tokens, measured once for the whole session."""
+    llm_session.matrix()
+    return Matrix(llm_session)
+
+
+@pytest.fixture
+def llm_cell(request: pytest.FixtureRequest, llm_server: Any, llm_session: LoadSession) -> CellResult:
+    """One cell of the matrix (the test is parametrized over all of them); measured on first use."""
+    users, prompt_tokens = request.param
+    cell = llm_session.cached_cell(users, prompt_tokens)
+    request.node.stash.setdefault(CELLS_KEY, []).append(cell)
+    return cell
+
+
+@pytest.fixture(scope="session")
+def llm_slos(pytestconfig: pytest.Config, llm_settings: Settings) -> list[slo_mod.SLO]:
+    """Objectives from --llm-slo-file and the `llm_slo` ini lines (one SLO each)."""
+    try:
+        slos = [slo_mod.parse_slo_line(line, f"ini llm_slo line {i + 1}")
+                for i, line in enumerate(pytestconfig.getini("llm_slo"))]
+        if llm_settings.slo_file:
+            slos += slo_mod.load_slo_file(llm_settings.slo_file)
+    except ConfigError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    return slos
+
+
+# --- checking objectives, reporting failures -------------------------------------------------------------
+def check_marker_slos(item: pytest.Item) -> None:
+    """Check the item's llm_slo markers against the cells it measured (or the matrix cells they select)."""
+    cells = item.stash.get(CELLS_KEY, [])
+    for mark in item.iter_markers("llm_slo"):
+        objective = slo_mod.SLO.from_kwargs(mark.kwargs, where=f"{item.nodeid}: @pytest.mark.llm_slo")
+        targets = [c for c in cells if objective.applies_to(c)] or _selected_cells(item, objective)
+        if not targets:
+            raise SLOViolation(f"llm_slo({objective.describe()}): no measured cell matches its selectors")
+        record_and_check(item, objective, targets)
+
+
+def _selected_cells(item: pytest.Item, objective: slo_mod.SLO) -> list[CellResult]:
+    """Cells a declarative marker selects when the test measured none: from the session's matrix."""
+    session = _load_session(item.config)
+    session.start_server()
+    s = session.settings
+    users = sorted(objective.users or s.users)
+    prompts = sorted(objective.prompt_tokens or s.prompt_tokens)
+    return [session.cached_cell(u, p, objective.max_tokens) for p in prompts for u in users]
+
+
+def record_and_check(item: pytest.Item, objective: slo_mod.SLO, cells: list[CellResult]) -> None:
+    """Put every observed value into the JUnit properties, then raise one SLOViolation for all misses."""
+    messages = []
+    for cell in cells:
+        for obj, observed, _met in objective.evaluate(cell):
+            item.user_properties.append((f"{obj.property_name}[u{cell.users}-p{cell.prompt_tokens}]",
+                                         "n/a" if observed is None else f"{observed:.6g}"))
+        misses = objective.misses(cell)
+        if misses:
+            messages.append(slo_mod.violation_message(objective, cell, misses))
+    if messages:
+        raise SLOViolation("\n".join(messages))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    result = yield
+    if any(True for _ in item.iter_markers("llm_slo")):
+        check_marker_slos(item)
+    return result
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
+    report = yield
+    if call.excinfo is not None and call.excinfo.errisinstance(Inconclusive):
+        report.outcome = "skipped"
+        report.longrepr = (str(item.path), item.location[1] or 0, f"inconclusive: {call.excinfo.value}")
+    elif report.failed and "llm_server" in getattr(item, "fixturenames", ()):
+        tail = _load_session(item.config).server_log_tail()
+        if tail:
+            report.sections.append(("llmload: server log (last lines)", tail))
+    return report
+
+
+# --- end of session: reports, baselines, gates -------------------------------------------------------------
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    from .finish import finish_session
+
+    load = session.config.stash.get(SESSION_KEY, None)
+    if load is None:
+        return
+    load.run.interrupted = exitstatus == pytest.ExitCode.INTERRUPTED
+    try:
+        if finish_session(load, session.config) and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    finally:
+        load.close()
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    from .finish import terminal_summary
+
+    load = config.stash.get(SESSION_KEY, None)
+    if load is not None:
+        terminal_summary(load, terminalreporter.write_line)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    load = config.stash.get(SESSION_KEY, None)
+    if load is not None:
+        load.close()

@@ -1,0 +1,51 @@
+"""`llmload.md`: the matrices as Markdown tables, the per-cell summary and the optional sections."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tabulate import tabulate
+
+from ..results import RunResult
+from ._files import atomic_write_text
+from .sections import REPORT_MATRICES, environment_rows, section_names, section_table, section_title
+from .table import formatted_rows, matrix, matrix_title, model_name, summary_table
+
+
+def _md_escape(cell: str) -> str:
+    # A "|" inside a cell would end it; newlines would end the row.
+    return cell.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def md_table(headers: list[str], rows: list[list[str]]) -> str:
+    """A GitHub-flavoured Markdown table of strings (escaped; tabulate does not escape)."""
+    return tabulate([[_md_escape(c) for c in r] for r in rows], headers=[_md_escape(h) for h in headers],
+                    tablefmt="github", disable_numparse=True)
+
+
+def _matrix_md(run: RunResult, metric: str, stat: str | None) -> str:
+    users, prompts, rows = matrix(run, metric, stat)
+    headers = ["users \\ prompt tokens", *(str(p) for p in prompts)]
+    return f"### {_md_escape(matrix_title(run, metric, stat))}\n\n{md_table(headers, formatted_rows(users, rows, metric))}\n"
+
+
+def render_markdown(run: RunResult) -> str:
+    """The whole Markdown report."""
+    model = model_name(run.environment)
+    parts = [f"# pytest-llmload report{' — ' + _md_escape(model) if model else ''}\n"]
+    if run.interrupted:
+        parts.append("**The run was interrupted: some cells are missing.**\n")
+    if run.matrix_axes()[0]:
+        parts.append("## Matrices\n\nRows: simultaneous users; columns: prompt tokens; \"-\": the cell failed or did not run.\n")
+        parts.extend(_matrix_md(run, m, s) for m, s in REPORT_MATRICES)
+    parts.append("## Cells\n\n" + md_table(*summary_table(run)) + "\n")
+    for name in section_names(run):
+        parts.append(f"## {_md_escape(section_title(name))}\n\n{md_table(*section_table(run, name))}\n")
+    if run.environment:
+        parts.append("## Environment\n\n" + md_table(["key", "value"], environment_rows(run.environment)) + "\n")
+    return "\n".join(parts)
+
+
+def write_markdown(run: RunResult, path: Path | str) -> Path:
+    """Write the Markdown report atomically."""
+    return atomic_write_text(Path(path), render_markdown(run))

@@ -1,0 +1,147 @@
+"""The report's figures as PNG bytes, drawn with matplotlib's Agg canvas.
+
+Figures are built on `matplotlib.figure.Figure` directly rather than through pyplot, so plotting never
+touches pyplot's global state or the user's backend (a pytest run may have a GUI backend configured).
+Every function returns None when the run has nothing to draw.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from ..results import RunResult
+from .table import matrix, model_name
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+DPI = 96
+
+
+def _figure(width: float, height: float, ncols: int = 1) -> tuple[Figure, list[Axes]]:
+    # Imported here: matplotlib is slow to import and only the HTML report needs it.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, ncols, squeeze=False)[0]
+    return fig, list(axes)
+
+
+def _png(fig: Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    return buf.getvalue()
+
+
+def _users_axis(ax: Axes, users: Sequence[int]) -> None:
+    # The study doubles the users at each step, so a log2 axis spaces the points evenly.
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(list(users), [str(u) for u in users])
+    ax.minorticks_off()
+    ax.set_xlabel("simultaneous users")
+    ax.grid(True, alpha=0.3)
+
+
+def _lines_per_prompt(run: RunResult, metric: str, stat: str | None, ylabel: str, title: str) -> bytes | None:
+    users, prompts, rows = matrix(run, metric, stat)
+    if not any(v is not None for row in rows for v in row):
+        return None
+    fig, (ax,) = _figure(7.5, 4.5)
+    for j, p in enumerate(prompts):
+        points = [(u, row[j]) for u, row in zip(users, rows) if row[j] is not None]
+        if points:
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, marker="o", label=f"{p} tokens")
+    _users_axis(ax, users)
+    ax.set_ylabel(ylabel)
+    ax.set_title(_with_model(run, title))
+    ax.legend(title="prompt", fontsize="small")
+    return _png(fig)
+
+
+def _with_model(run: RunResult, title: str) -> str:
+    model = model_name(run.environment)
+    return f"{title} — {model}" if model else title
+
+
+def tokens_per_user_vs_users(run: RunResult) -> bytes | None:
+    """The study's Fig. 1: mean tokens/s seen by each user against the number of users, per prompt size."""
+    return _lines_per_prompt(run, "tokens_per_s_per_user", "mean", "tokens/s per user (mean)",
+                             "Tokens/s per user vs users")
+
+
+def total_tokens_vs_users(run: RunResult) -> bytes | None:
+    """The study's Fig. 2: the server's total tokens/s against the number of users, per prompt size."""
+    return _lines_per_prompt(run, "total_tokens_per_s", None, "total tokens/s", "Total tokens/s vs users")
+
+
+def e2e_heatmap(run: RunResult) -> bytes | None:
+    """E2E mean over users x prompt size, annotated with the seconds; failed cells are left blank."""
+    import numpy as np
+
+    users, prompts, rows = matrix(run, "e2e", "mean")
+    if not any(v is not None for row in rows for v in row):
+        return None
+    data = np.ma.masked_invalid(np.array([[math.nan if v is None else v for v in row] for row in rows]))
+    fig, (ax,) = _figure(1.2 + 0.9 * len(prompts), 1.2 + 0.5 * len(users))
+    image = ax.imshow(data, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(prompts)), [str(p) for p in prompts])
+    ax.set_yticks(range(len(users)), [str(u) for u in users])
+    ax.set_xlabel("prompt tokens")
+    ax.set_ylabel("simultaneous users")
+    ax.set_title(_with_model(run, "Time to resolve (s), E2E mean"))
+    _annotate(ax, rows, image)
+    fig.colorbar(image, ax=ax, label="seconds")
+    return _png(fig)
+
+
+def _annotate(ax: Axes, rows: list[list[float | None]], image: object) -> None:
+    values = [v for row in rows for v in row if v is not None]
+    middle = (min(values) + max(values)) / 2
+    for i, row in enumerate(rows):
+        for j, v in enumerate(row):
+            # Dark text on the bright end of viridis, light text on the dark end.
+            label, color = ("-", "black") if v is None else (f"{v:.1f}", "black" if v > middle else "white")
+            ax.text(j, i, label, ha="center", va="center", color=color, fontsize="small")
+
+
+def latency_boxplots(run: RunResult, metric: str = "e2e") -> bytes | None:
+    """Per-request distributions of `metric` ("e2e" or "ttft", seconds): one panel per prompt size,
+    one box per users count. Needs the per-request records."""
+    users, prompts = run.matrix_axes()
+    panels = [(p, _samples_by_users(run, users, p, metric)) for p in prompts]
+    panels = [(p, s) for p, s in panels if s]
+    if not panels:
+        return None
+    fig, axes = _figure(min(3.0 * len(panels), 18.0), 3.6, ncols=len(panels))
+    for ax, (p, samples) in zip(axes, panels):
+        positions = list(range(len(samples)))
+        ax.boxplot([s for _, s in samples], positions=positions, widths=0.6, showfliers=True,
+                   flierprops={"markersize": 3})
+        ax.set_xticks(positions, [str(u) for u, _ in samples])
+        ax.set_title(f"prompt {p} tokens", fontsize="medium")
+        ax.set_xlabel("users")
+        ax.grid(True, axis="y", alpha=0.3)
+    axes[0].set_ylabel(f"{metric.upper()} (s)")
+    fig.suptitle(_with_model(run, f"{metric.upper()} per request"))
+    return _png(fig)
+
+
+def _samples_by_users(run: RunResult, users: list[int], prompt: int, metric: str) -> list[tuple[int, list[float]]]:
+    out = []
+    for u in users:
+        try:
+            cell = run.cell(u, prompt)
+        except KeyError:
+            continue
+        values = [getattr(r, metric) for r in cell.records if r.ok]
+        values = [v for v in values if v is not None]
+        if values:
+            out.append((u, values))
+    return out

@@ -1,0 +1,170 @@
+"""The study's tables: rows = simultaneous users, columns = prompt tokens, one statistic per cell.
+
+`matrix` returns the numbers (in the metric's SI unit: seconds, tokens/s); `render_matrix` prints
+them like the study (seconds with one decimal, "-" for a cell that failed or was not measured),
+converting latencies below a second to milliseconds where that reads better (TTFT, ITL, TPOT).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tabulate import tabulate
+
+from ..errors import ConfigError
+from ..results import CellResult, RunResult
+
+STATS = ("p50", "p90", "p95", "p99", "mean", "min", "max")
+MISSING = "-"  # the study's mark for a cell that could not run
+
+
+@dataclass(frozen=True, slots=True)
+class MetricInfo:
+    """How a metric is titled and printed. `scale` converts the stored SI value to the printed unit."""
+
+    title: str
+    unit: str
+    scale: float = 1.0
+    decimals: int = 1
+    higher_is_better: bool = False
+    scalar: bool = False  # one number per cell (no distribution, so no stat)
+
+
+METRICS: dict[str, MetricInfo] = {
+    "e2e": MetricInfo("Time to resolve (s), E2E", "s"),
+    "ttft": MetricInfo("Time to first token (ms), TTFT", "ms", scale=1000.0, decimals=0),
+    "itl": MetricInfo("Inter-token latency (ms), ITL", "ms", scale=1000.0),
+    "tpot": MetricInfo("Time per output token (ms), TPOT", "ms", scale=1000.0),
+    "tokens_per_s_per_user": MetricInfo("Tokens/s per user", "tok/s", higher_is_better=True),
+    "total_tokens_per_s": MetricInfo("Total tokens/s", "tok/s", higher_is_better=True, scalar=True),
+    "requests_per_s": MetricInfo("Requests/s", "req/s", decimals=2, higher_is_better=True, scalar=True),
+}
+
+Matrix = tuple[list[int], list[int], list[list[float | None]]]
+
+
+def check_metric(metric: str, stat: str | None) -> MetricInfo:
+    """The metric's info; ConfigError naming the bad metric or statistic."""
+    info = METRICS.get(metric)
+    if info is None:
+        raise ConfigError(f"unknown metric {metric!r}; expected one of {', '.join(METRICS)}")
+    if not info.scalar and stat not in STATS:
+        raise ConfigError(f"unknown statistic {stat!r} for {metric}; expected one of {', '.join(STATS)}")
+    return info
+
+
+def cell_value(cell: CellResult, metric: str, stat: str | None = "mean") -> float | None:
+    """One statistic of one cell in SI units; None when the cell failed or the metric is undefined."""
+    info = check_metric(metric, stat)
+    if not cell.ok or cell.stats is None:
+        return None
+    if info.scalar:
+        return float(getattr(cell.stats, metric))
+    dist = getattr(cell.stats, metric)
+    return None if dist is None else float(getattr(dist, str(stat)))
+
+
+def matrix(run: RunResult, metric: str = "e2e", stat: str | None = "mean") -> Matrix:
+    """(users, prompt sizes, rows): rows[i][j] is the value for users[i] x prompts[j], None = "-".
+
+    Only closed-loop cells form the matrix; the last measurement of a repeated cell wins.
+    """
+    check_metric(metric, stat)
+    users, prompts = run.matrix_axes()
+    rows: list[list[float | None]] = []
+    for u in users:
+        row: list[float | None] = []
+        for p in prompts:
+            try:
+                row.append(cell_value(run.cell(u, p), metric, stat))
+            except KeyError:
+                row.append(None)
+        rows.append(row)
+    return users, prompts, rows
+
+
+def model_name(environment: dict[str, Any]) -> str:
+    """The model a run measured, as reports title it ("" when unknown)."""
+    for key in ("served_model_name", "model"):
+        value = environment.get(key)
+        if value:
+            return str(value)
+    return ""
+
+
+def matrix_title(run: RunResult, metric: str, stat: str | None) -> str:
+    """E.g. 'Time to resolve (s), E2E mean — model X'."""
+    info = check_metric(metric, stat)
+    title = info.title if info.scalar else f"{info.title} {stat}"
+    model = model_name(run.environment)
+    return f"{title} — model {model}" if model else title
+
+
+def format_value(value: float | None, metric: str) -> str:
+    """A stored SI value printed in the metric's unit and precision, or "-"."""
+    if value is None:
+        return MISSING
+    info = METRICS[metric]
+    return f"{value * info.scale:.{info.decimals}f}"
+
+
+def formatted_rows(users: Sequence[int], rows: Sequence[Sequence[float | None]], metric: str) -> list[list[str]]:
+    """Rows of strings with the users count first, ready for tabulate or HTML."""
+    return [[str(u)] + [format_value(v, metric) for v in row] for u, row in zip(users, rows)]
+
+
+def render_matrix(run: RunResult, metric: str = "e2e", stat: str | None = "mean", fmt: str = "simple") -> str:
+    """The matrix as text: a title line, then users down and prompt tokens across (tabulate `fmt`)."""
+    users, prompts, rows = matrix(run, metric, stat)
+    title = matrix_title(run, metric, stat)
+    if not users:
+        return f"{title}\n(no closed-loop cells)"
+    headers = ["users \\ prompt tokens"] + [str(p) for p in prompts]
+    # disable_numparse: values are already formatted; tabulate must not re-round "2.0" to "2".
+    table = tabulate(formatted_rows(users, rows, metric), headers=headers, tablefmt=fmt,
+                     disable_numparse=True, stralign="right")
+    return f"{title}\n{table}"
+
+
+# The per-cell summary every report format shares: (column title, function of the cell).
+def _dist_cell(metric: str, stat: str) -> Any:
+    return lambda c: format_value(cell_value(c, metric, stat), metric)
+
+
+SUMMARY_COLUMNS: list[tuple[str, Any]] = [
+    ("cell", lambda c: c.label),
+    ("ok", lambda c: "yes" if c.ok else "no"),
+    ("requests ok/failed", lambda c: f"{c.stats.requests_ok}/{c.stats.requests_failed}" if c.stats else MISSING),
+    ("E2E p50 (s)", _dist_cell("e2e", "p50")),
+    ("E2E p95 (s)", _dist_cell("e2e", "p95")),
+    ("TTFT p50 (ms)", _dist_cell("ttft", "p50")),
+    ("TTFT p95 (ms)", _dist_cell("ttft", "p95")),
+    ("TPOT mean (ms)", _dist_cell("tpot", "mean")),
+    ("tok/s/user mean", _dist_cell("tokens_per_s_per_user", "mean")),
+    ("total tok/s", lambda c: format_value(cell_value(c, "total_tokens_per_s", None), "total_tokens_per_s")),
+    ("start spread (s)", lambda c: f"{c.stats.start_spread_s:.3f}" if c.stats else MISSING),
+    ("errors", lambda c: describe_errors(c)),
+]
+
+
+def describe_errors(cell: CellResult) -> str:
+    """'timeout=3, http_5xx=1', plus the cell's own error when it could not run at all."""
+    parts = [f"{k}={v}" for k, v in sorted(cell.errors.items())]
+    if cell.error:
+        parts.append(cell.error)
+    return ", ".join(parts)
+
+
+def summary_table(run: RunResult) -> tuple[list[str], list[list[str]]]:
+    """(headers, rows) of the per-cell summary, one row per cell in the order they ran."""
+    headers = [name for name, _ in SUMMARY_COLUMNS]
+    rows = [[str(get(cell)) for _, get in SUMMARY_COLUMNS] for cell in run.cells]
+    return headers, rows
+
+
+def render_summary(run: RunResult, fmt: str = "simple") -> str:
+    """The per-cell summary as a text table."""
+    headers, rows = summary_table(run)
+    return tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True)

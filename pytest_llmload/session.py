@@ -1,0 +1,246 @@
+"""One pytest-llmload session: settings -> server -> runner -> recorded cells -> reports and gates.
+
+`plugin.py` stays thin and hands everything here (pytest-benchmark's plugin/session split). Nothing in
+this module imports pytest, so a plain script can drive a whole run the same way:
+
+    with LoadSession(Settings(model="tiny", users=(1, 8))) as s:
+        s.matrix()           # runs every cell, writes reports as it goes
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, TextIO
+
+from .errors import ConfigError
+from .options import Settings
+from .results import CellResult, CellSpec, RunResult
+
+
+class LoadSession:
+    """Owns the server, the runner and the run; records every cell and keeps reports up to date."""
+
+    def __init__(self, settings: Settings, *, rootdir: Path | None = None, err: TextIO | None = None) -> None:
+        self.settings = settings
+        self.rootdir = rootdir or Path.cwd()
+        self.err = err or sys.stderr
+        self.run = RunResult()
+        self.server: Any = None  # VLLMServer or AttachedServer once started
+        self.server_started = False  # True when we launched it (then its log is ours to show)
+        self.model_choice: Any = None
+        self._runner: Any = None
+        self._stack = contextlib.ExitStack()
+        self._listeners: list[Callable[[CellResult], None]] = []
+        self.report_errors: list[str] = []
+
+    # --- server ------------------------------------------------------------------------------------
+    def start_server(self) -> Any:
+        """Start vLLM (or attach to --llm-base-url) once; later calls return the same server."""
+        if self.server is None:
+            self.server = self._stack.enter_context(self._server_context())
+            self.run.environment = self._environment()
+        return self.server
+
+    def _server_context(self) -> contextlib.AbstractContextManager[Any]:
+        from .server import AttachedServer, VLLMServer
+
+        s = self.settings
+        if s.base_url:
+            return contextlib.nullcontext(AttachedServer(s.base_url, api_key=s.api_key, model=s.served_model_name))
+        self.server_started = True
+        return VLLMServer(self.server_spec())
+
+    def server_spec(self) -> Any:
+        """The ServerSpec built from the options and the model preset (options win over the preset)."""
+        from .models import resolve_model
+        from .server import ServerSpec
+
+        s = self.settings
+        choice = self.model_choice = resolve_model(s.model, s.cache_path())
+        preset = choice.preset
+        pick: Callable[[str, Any], Any] = lambda name, default=None: (  # noqa: E731
+            getattr(s, name) if getattr(s, name) is not None else getattr(preset, name, default) if preset else default
+        )
+        return ServerSpec(
+            model=str(choice.model),
+            served_model_name=s.served_model_name or choice.served_model_name,
+            tensor_parallel=s.tp or (preset.tensor_parallel if preset else 1),
+            pipeline_parallel=s.pp or (preset.pipeline_parallel if preset else 1),
+            gpus=s.gpus,
+            quantization=pick("quantization"),
+            dtype=pick("dtype"),
+            max_model_len=pick("max_model_len"),
+            extra_args=tuple(s.server_arg),
+            startup_timeout_s=s.startup_timeout,
+            host=s.host,
+            device=s.device,
+            log_dir=self.report_dir(),
+            cache_dir=s.cache_path(),
+        )
+
+    def server_log_tail(self, lines: int = 40) -> str:
+        """The last lines of the log of a server we started; empty for attached servers."""
+        if self.server is None or not self.server_started:
+            return ""
+        try:
+            return str(self.server.log_tail(lines))
+        except OSError:
+            return ""
+
+    def _environment(self) -> dict[str, Any]:
+        from .environment import collect_environment
+
+        server = self.server
+        argv = list(getattr(server, "argv", []) or [])
+        env = collect_environment(server=server, model=getattr(server, "model", None), server_args=argv)
+        spec = getattr(server, "spec", None)
+        env["layout"] = {
+            "tensor_parallel": getattr(spec, "tensor_parallel", self.settings.tp),
+            "pipeline_parallel": getattr(spec, "pipeline_parallel", self.settings.pp),
+            "quantization": getattr(spec, "quantization", self.settings.quantization),
+            "dtype": getattr(spec, "dtype", self.settings.dtype),
+            "gpus": self.settings.gpus,
+        }
+        env["model_option"] = self.settings.model
+        env["workload"] = {"max_tokens": self.settings.max_tokens, "api": self.settings.api,
+                           "rounds": self.settings.rounds, "shared_prefix": self.settings.shared_prefix}
+        return env
+
+    # --- measuring ---------------------------------------------------------------------------------
+    @property
+    def runner(self) -> Any:
+        """The LoadRunner bound to the server, with telemetry observers; created on first use."""
+        if self._runner is None:
+            self._runner = self._stack.enter_context(self._make_runner())
+        return self._runner
+
+    def _make_runner(self) -> Any:
+        from .runner import LoadRunner
+
+        server = self.start_server()
+        s = self.settings
+        return LoadRunner(
+            server.base_url, server.model, api_key=getattr(server, "api_key", None) or s.api_key, api=s.api,
+            request_timeout_s=s.request_timeout,
+            server_status=server.returncode if self.server_started else None,
+            log_tail=self.server_log_tail if self.server_started else None,
+            observers=self._observers(server), shared_prefix=s.shared_prefix,
+            tokenizer_path=self._tokenizer_path(),
+        )
+
+    def _tokenizer_path(self) -> str | None:
+        model = getattr(self.model_choice, "model", None)
+        return str(model) if model is not None and Path(str(model)).is_dir() else None
+
+    def _observers(self, server: Any) -> list[Any]:
+        from .physical import PhysicalLimitObserver
+        from .server_metrics import ServerMetricsObserver
+        from .telemetry import GpuTelemetry
+
+        gpus = None if not self.settings.gpus else [int(g) for g in self.settings.gpus.split(",")]
+        observers: list[Any] = [
+            GpuTelemetry(interval_s=self.settings.telemetry_interval, gpu_indices=gpus),
+            ServerMetricsObserver(server.base_url, api_key=getattr(server, "api_key", None) or self.settings.api_key),
+        ]
+        facts = self._model_facts()
+        if facts is not None:
+            observers.append(PhysicalLimitObserver(facts, gpu_indices=gpus,
+                                                   tensor_parallel=self.run.environment.get("layout", {}).get(
+                                                       "tensor_parallel") or 1))
+        return observers
+
+    def _model_facts(self) -> Any:
+        from .physical import model_facts_for
+
+        try:
+            return model_facts_for(self.model_choice, self.settings)
+        except Exception as exc:  # noqa: BLE001 - the physical limit is a report section, never a failure
+            self.run.environment.setdefault("warnings", []).append(f"physical limit unavailable: {exc}")
+            return None
+
+    def add_listener(self, listener: Callable[[CellResult], None]) -> None:
+        """Call `listener(cell)` after every recorded cell (the plugin uses it for progress lines)."""
+        self._listeners.append(listener)
+
+    def record(self, cell: CellResult) -> CellResult:
+        """Keep a cell in the run and rewrite the partial reports, so nothing is lost if the session dies."""
+        self.run.cells.append(cell)
+        for listener in self._listeners:
+            listener(cell)
+        self.write_reports(formats=("json", "csv"))
+        return cell
+
+    def run_cell(self, users: int, prompt_tokens: int, max_tokens: int | None = None,
+                 rounds: int | None = None) -> CellResult:
+        """Measure one closed-loop cell and record it."""
+        spec = CellSpec(users=users, prompt_tokens=prompt_tokens,
+                        max_tokens=max_tokens or self.settings.max_tokens, rounds=rounds or self.settings.rounds)
+        return self.record(self.runner.run_cell(spec))
+
+    def run_open_loop(self, rate: float, duration_s: float, prompt_tokens: int, max_tokens: int | None = None,
+                      poisson: bool = True, seed: int = 0) -> CellResult:
+        """Measure a fixed request rate for a duration and record it."""
+        cell = self.runner.run_open_loop(rate, duration_s, prompt_tokens,
+                                         max_tokens or self.settings.max_tokens, poisson=poisson, seed=seed)
+        return self.record(cell)
+
+    def cached_cell(self, users: int, prompt_tokens: int, max_tokens: int | None = None) -> CellResult:
+        """The cell from this run if already measured, else measure it now."""
+        try:
+            return self.run.cell(users, prompt_tokens, max_tokens or self.settings.max_tokens)
+        except KeyError:
+            return self.run_cell(users, prompt_tokens, max_tokens)
+
+    def matrix(self, users: Sequence[int] | None = None, prompt_tokens: Sequence[int] | None = None) -> RunResult:
+        """Every cell of the users x prompt-size matrix (cells already measured are not run again)."""
+        for p in prompt_tokens or self.settings.prompt_tokens:
+            for u in users or self.settings.users:
+                self.cached_cell(u, p)
+        return self.run
+
+    # --- reports -----------------------------------------------------------------------------------
+    def report_dir(self) -> Path:
+        path = Path(self.settings.report_dir)
+        return path if path.is_absolute() else self.rootdir / path
+
+    def write_reports(self, formats: Sequence[str] = ("json", "csv", "md", "html")) -> list[Path]:
+        """Write the reports; a format that fails is noted, never raised, so the others still land."""
+        from .report import write_reports
+
+        if not self.run.cells and not self.run.environment:
+            return []
+        try:
+            return write_reports(self.run, self.report_dir(), formats=tuple(formats))
+        except Exception as exc:  # noqa: BLE001 - reports must never take the session down
+            self.report_errors.append(f"{type(exc).__name__}: {exc}")
+            return []
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop the runner and the server (if we started it). Safe to call twice."""
+        self._runner = None
+        self._stack.close()
+
+    def __enter__(self) -> LoadSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def check_settings(settings: Settings) -> None:
+    """Cross-option checks that argparse cannot do alone."""
+    if settings.base_url and any(v is not None for v in (settings.tp, settings.pp, settings.quantization)):
+        raise ConfigError("--llm-base-url attaches to a running server: --llm-tp, --llm-pp and "
+                          "--llm-quantization only apply to servers pytest-llmload starts")
+    if settings.compare_fail and not settings.baseline:
+        raise ConfigError("--llm-compare-fail needs --llm-baseline PATH to compare against")
+
+
+def with_extra(cell: CellResult, **extra: Any) -> CellResult:
+    """A copy of `cell` with more `extra` sections."""
+    return replace(cell, extra={**cell.extra, **extra})
