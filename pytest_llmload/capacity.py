@@ -62,9 +62,7 @@ class CapacityResult:
         """Fail (SLOViolation) if fewer than `users` were shown to hold; Inconclusive if noise decides it."""
         if self.max_users >= users:
             return
-        if self.first_fail is not None and self.first_fail <= users and not any(
-            u <= users for u in self.inconclusive if u > self.max_users
-        ):
+        if self.first_fail is not None and self.first_fail <= users:
             raise SLOViolation(f"expected at least {users} users, measured {self.max_users}\n{self.summary()}")
         raise Inconclusive(f"whether {users} users hold is too close to call\n{self.summary()}")
 

@@ -89,7 +89,7 @@ class Objective:
 
     def describe(self) -> str:
         """E.g. `e2e p95 <= 20 s`."""
-        name = self.metric.replace("_", " ") + (f" {self.stat}" if self.stat else "")
+        name = self.metric + (f" {self.stat}" if self.stat else "")
         return f"{name} {'<=' if self.upper else '>='} {self.show(self.limit)}"
 
 

@@ -96,12 +96,12 @@ def e2e_heatmap(run: RunResult) -> bytes | None:
     ax.set_xlabel("prompt tokens")
     ax.set_ylabel("simultaneous users")
     ax.set_title(_with_model(run, "Time to resolve (s), E2E mean"))
-    _annotate(ax, rows, image)
+    _annotate(ax, rows)
     fig.colorbar(image, ax=ax, label="seconds")
     return _png(fig)
 
 
-def _annotate(ax: Axes, rows: list[list[float | None]], image: object) -> None:
+def _annotate(ax: Axes, rows: list[list[float | None]]) -> None:
     values = [v for row in rows for v in row if v is not None]
     middle = (min(values) + max(values)) / 2
     for i, row in enumerate(rows):

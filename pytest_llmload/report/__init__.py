@@ -1,0 +1,68 @@
+"""The reports of a run, one module per format, and `write_reports` that writes them all.
+
+    llmload.json + requests.jsonl   json_report   machine-readable; `read_report` reads it back
+    llmload.csv                     csv_report    one row per cell, every statistic
+    llmload.md                      markdown      the matrices and a per-cell summary
+    report.html                     html          one self-contained page with the figures
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from ..errors import LLMLoadError
+from ..results import RunResult
+from .csv_report import write_csv
+from .html import write_html
+from .json_report import REPORT_NAME, SCHEMA_VERSION, read_report, write_json
+from .markdown import write_markdown
+from .table import matrix, render_matrix
+
+# format -> (file name in the report directory, writer)
+WRITERS: dict[str, tuple[str, Callable[[RunResult, Path], Path]]] = {
+    "json": (REPORT_NAME, write_json),
+    "csv": ("llmload.csv", write_csv),
+    "md": ("llmload.md", write_markdown),
+    "html": ("report.html", write_html),
+}
+FORMATS = tuple(WRITERS)
+
+
+class ReportWriteError(LLMLoadError):
+    """Some report formats could not be written; `.written` lists those that were, `.errors` the rest."""
+
+    def __init__(self, written: list[Path], errors: dict[str, BaseException]) -> None:
+        self.written = written
+        self.errors = errors
+        details = "; ".join(f"{fmt}: {type(e).__name__}: {e}" for fmt, e in errors.items())
+        super().__init__(f"could not write {len(errors)} report format(s): {details}")
+
+
+def write_reports(run: RunResult, report_dir: Path | str, *, formats: Iterable[str] = FORMATS) -> list[Path]:
+    """Write each requested format into `report_dir` (created if needed) and return the paths written.
+
+    Formats are independent: one that fails does not stop the others. If any failed, ReportWriteError
+    is raised after all were tried, carrying the written paths and each failure.
+    """
+    formats = list(formats)
+    unknown = [f for f in formats if f not in WRITERS]
+    if unknown:
+        raise ValueError(f"unknown report format(s) {unknown}; expected some of {', '.join(FORMATS)}")
+    report_dir = Path(report_dir)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    errors: dict[str, BaseException] = {}
+    for fmt in formats:
+        name, writer = WRITERS[fmt]
+        try:
+            written.append(writer(run, report_dir / name))
+        except Exception as exc:  # collected and re-raised below, after the other formats
+            errors[fmt] = exc
+    if errors:
+        raise ReportWriteError(written, errors)
+    return written
+
+
+__all__ = ["FORMATS", "SCHEMA_VERSION", "ReportWriteError", "matrix", "read_report", "render_matrix",
+           "write_reports"]
