@@ -128,6 +128,16 @@ class LoadFixture:
         self._sink.append(cell)
         return cell
 
+    def cached(self, users: int, prompt_tokens: int, max_tokens: int | None = None) -> CellResult:
+        """The cell from this session if it was already measured (e.g. by the matrix), else measure it."""
+        cell = self._session.cached_cell(users, prompt_tokens, max_tokens)
+        self._sink.append(cell)
+        return cell
+
+    def check(self, slo: slo_mod.SLO, cell: CellResult) -> None:
+        """Check a configured SLO against a cell (SLOViolation with cell, metric, observed vs limit)."""
+        slo.check(cell)
+
     def open_loop(self, rate: float, duration_s: float, prompt_tokens: int, max_tokens: int | None = None,
                   poisson: bool = True, seed: int = 0) -> CellResult:
         """Send `rate` requests/s (Poisson or constant) for `duration_s` seconds."""
@@ -221,24 +231,38 @@ def _selected_cells(item: pytest.Item, objective: slo_mod.SLO) -> list[CellResul
 
 
 def record_and_check(item: pytest.Item, objective: slo_mod.SLO, cells: list[CellResult]) -> None:
-    """Put every observed value into the JUnit properties, then raise one SLOViolation for all misses."""
+    """Check every cell (observed values land in the JUnit properties); one SLOViolation for all misses."""
     messages = []
     for cell in cells:
-        for obj, observed, _met in objective.evaluate(cell):
-            item.user_properties.append((f"{obj.property_name}[u{cell.users}-p{cell.prompt_tokens}]",
-                                         "n/a" if observed is None else f"{observed:.6g}"))
-        misses = objective.misses(cell)
-        if misses:
-            messages.append(slo_mod.violation_message(objective, cell, misses))
+        try:
+            objective.check(cell)
+        except SLOViolation as exc:
+            messages.append(str(exc))
     if messages:
         raise SLOViolation("\n".join(messages))
 
 
+def _property_recorder(item: pytest.Item) -> Callable[[slo_mod.SLO, CellResult], None]:
+    """A CHECK_LISTENERS entry putting each observed value into the item's JUnit XML properties."""
+
+    def record(objective: slo_mod.SLO, cell: CellResult) -> None:
+        for obj, observed, _met in objective.evaluate(cell):
+            value = "n/a" if observed is None else f"{observed:.6g}"
+            item.user_properties.append((f"{obj.property_name}[u{cell.users}-p{cell.prompt_tokens}]", value))
+
+    return record
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
-    result = yield
-    if any(True for _ in item.iter_markers("llm_slo")):
-        check_marker_slos(item)
+    recorder = _property_recorder(item)
+    slo_mod.CHECK_LISTENERS.append(recorder)
+    try:
+        result = yield
+        if any(True for _ in item.iter_markers("llm_slo")):
+            check_marker_slos(item)
+    finally:
+        slo_mod.CHECK_LISTENERS.remove(recorder)
     return result
 
 

@@ -19,7 +19,7 @@ at least 64 users while meeting the rest").
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +34,9 @@ _LATENCY_KEY = re.compile(rf"^({'|'.join(LATENCY_METRICS)})_({'|'.join(LATENCY_S
 _PER_USER_KEY = re.compile(rf"^tokens_per_s_per_user_({'|'.join(THROUGHPUT_STATS)})$")
 _SCALAR_KEYS = {"total_tokens_per_s": "total_tokens_per_s", "total_tokens_per_s_min": "total_tokens_per_s",
                 "requests_per_s": "requests_per_s", "requests_per_s_min": "requests_per_s"}
+
+# Called with (slo, cell) on every check; the pytest plugin records observed values as JUnit properties.
+CHECK_LISTENERS: list[Callable[[SLO, CellResult], None]] = []
 
 KEY_HELP = ("e2e|ttft|itl|tpot _ p50|p90|p95|p99|mean|max _ s|ms (upper limits); "
             "tokens_per_s_per_user_min|p50|mean, total_tokens_per_s, requests_per_s (lower limits); "
@@ -189,7 +192,10 @@ class SLO:
         return lines
 
     def check(self, cell: CellResult) -> None:
-        """Raise SLOViolation if the cell misses any objective."""
+        """Raise SLOViolation if the cell misses any objective. Observers (the plugin's JUnit properties)
+        are told every observed value first."""
+        for listener in list(CHECK_LISTENERS):
+            listener(self, cell)
         misses = self.misses(cell)
         if misses:
             raise SLOViolation(violation_message(self, cell, misses))

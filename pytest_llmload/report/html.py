@@ -25,6 +25,7 @@ h3 { font-size: 1em; margin: 1.4em 0 .4em; }
 table { border-collapse: collapse; margin: .3em 0 1em; font-size: .9em; }
 th, td { border: 1px solid #c9d2dc; padding: .25em .6em; }
 th { background: #eef2f6; }
+.grid { display: flex; flex-wrap: wrap; column-gap: 2.5em; }
 table.matrix td { text-align: right; font-variant-numeric: tabular-nums; }
 table.matrix th[scope=row] { text-align: right; }
 td.missing { color: #999; text-align: center; }
@@ -63,7 +64,7 @@ def _matrix_html(run: RunResult, metric: str, stat: str | None) -> str:
     users, prompts, rows = matrix(run, metric, stat)
     headers = ["users \\ prompt tokens", *(str(p) for p in prompts)]
     table = html_table(headers, formatted_rows(users, rows, metric), cls="matrix", row_headers=True)
-    return f"<h3>{escape(matrix_title(run, metric, stat))}</h3>\n{table}"
+    return f'<div class="matrix-box"><h3>{escape(matrix_title(run, metric, stat))}</h3>\n{table}</div>'
 
 
 # (anchor, caption, drawing function) of every figure, in page order.
@@ -97,7 +98,8 @@ def render_html(run: RunResult) -> str:
     sections: list[tuple[str, str, str]] = []  # (anchor, heading, body)
     if run.matrix_axes()[0]:
         note = '<p>Rows: simultaneous users; columns: prompt tokens; "-": the cell failed or did not run.</p>'
-        sections.append(("matrices", "Matrices", note + "\n".join(_matrix_html(run, m, s) for m, s in REPORT_MATRICES)))
+        grid = "\n".join(_matrix_html(run, m, s) for m, s in REPORT_MATRICES)
+        sections.append(("matrices", "Matrices", f'{note}<div class="grid">{grid}</div>'))
         figures = "\n".join(_figure_html(a, c, d, run) for a, c, d in FIGURES)
         if figures.strip():
             sections.append(("figures", "Figures", figures))

@@ -22,15 +22,15 @@ if TYPE_CHECKING:
 DPI = 96
 
 
-def _figure(width: float, height: float, ncols: int = 1) -> tuple[Figure, list[Axes]]:
+def _figure(width: float, height: float, nrows: int = 1, ncols: int = 1) -> tuple[Figure, list[Axes]]:
     # Imported here: matplotlib is slow to import and only the HTML report needs it.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, ncols, squeeze=False)[0]
-    return fig, list(axes)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    return fig, [ax for row in axes for ax in row]
 
 
 def _png(fig: Figure) -> bytes:
@@ -119,7 +119,12 @@ def latency_boxplots(run: RunResult, metric: str = "e2e") -> bytes | None:
     panels = [(p, s) for p, s in panels if s]
     if not panels:
         return None
-    fig, axes = _figure(min(3.0 * len(panels), 18.0), 3.6, ncols=len(panels))
+    # At most four panels a row, so that the figure stays readable at the page's width.
+    ncols = min(4, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = _figure(3.0 * ncols, 0.4 + 3.0 * nrows, nrows=nrows, ncols=ncols)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
     for ax, (p, samples) in zip(axes, panels):
         positions = list(range(len(samples)))
         ax.boxplot([s for _, s in samples], positions=positions, widths=0.6, showfliers=True,
@@ -128,7 +133,8 @@ def latency_boxplots(run: RunResult, metric: str = "e2e") -> bytes | None:
         ax.set_title(f"prompt {p} tokens", fontsize="medium")
         ax.set_xlabel("users")
         ax.grid(True, axis="y", alpha=0.3)
-    axes[0].set_ylabel(f"{metric.upper()} (s)")
+    for row in range(nrows):
+        axes[row * ncols].set_ylabel(f"{metric.upper()} (s)")
     fig.suptitle(_with_model(run, f"{metric.upper()} per request"))
     return _png(fig)
 

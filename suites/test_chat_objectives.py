@@ -1,0 +1,28 @@
+"""The study's conclusions as objectives of a chat service (see objectives.py for the thresholds)."""
+
+from __future__ import annotations
+
+import pytest
+
+from objectives import CAPACITY_PROMPT, LATENCY_USERS, SPEED_PROMPT, SPEED_USERS
+
+
+@pytest.mark.parametrize("prompt_tokens", [31, 63, 119, 296, 480, 822])
+def test_time_to_resolve_at_32_users(llm_load, chat_objectives, prompt_tokens):
+    if prompt_tokens not in chat_objectives.latency_prompts:
+        pytest.skip(f"the study's configuration did not meet 20 s at {prompt_tokens} tokens either")
+    cell = llm_load.cached(users=LATENCY_USERS, prompt_tokens=prompt_tokens)
+    cell.assert_slo(e2e_p95_s=chat_objectives.latency_limit_s)
+
+
+def test_tokens_per_second_per_user_at_20_users(llm_load, chat_objectives):
+    cell = llm_load(users=SPEED_USERS, prompt_tokens=SPEED_PROMPT)
+    cell.assert_slo(tokens_per_s_per_user_p50=chat_objectives.speed_floor)
+
+
+def test_capacity(llm_load, chat_objectives, record_property):
+    capacity = llm_load.max_users(prompt_tokens=CAPACITY_PROMPT, e2e_p95_s=chat_objectives.capacity_limit_s,
+                                  limit=max(128, chat_objectives.capacity_min_users))
+    record_property("llm_max_users", capacity.max_users)
+    print(capacity.summary())
+    capacity.assert_at_least(chat_objectives.capacity_min_users)
