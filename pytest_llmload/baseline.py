@@ -153,9 +153,14 @@ def _statistic(stat: str) -> Callable[[np.ndarray], np.ndarray]:
 class _Sample:
     """A cell's requests reduced to what one gate needs; `boot` gives the statistic of resamples."""
 
-    n: int
+    n: int  # requests (the resampled units)
     point: float
     boot: Callable[[np.random.Generator, int], np.ndarray]
+    n_values: int = -1  # values the statistic is taken over when not one per request (ITL gaps)
+
+    @property
+    def values(self) -> int:
+        return self.n if self.n_values < 0 else self.n_values
 
 
 def _sample(cell: CellResult, gate: Gate) -> _Sample:
@@ -192,7 +197,7 @@ def _itl_sample(ok: Sequence[RequestRecord], stat: str) -> _Sample:
             idx = rng.integers(0, len(gaps), (b, len(gaps)))
             return np.array([np.percentile(np.concatenate([gaps[i] for i in row]), q) for row in idx])
 
-    return _Sample(len(gaps), point, boot)
+    return _Sample(len(gaps), point, boot, n_values=sum(g.size for g in gaps))
 
 
 def _scalar_sample(records: Sequence[RequestRecord], metric: str) -> _Sample:
@@ -213,12 +218,20 @@ def _scalar_sample(records: Sequence[RequestRecord], metric: str) -> _Sample:
     return _Sample(int(ok.sum()), point, lambda rng, b: value(rng.integers(0, len(records), (b, len(records)))))
 
 
-def _min_samples(gate: Gate) -> int:
-    """Enough requests that at least one lies above the percentile, and never fewer than MIN_SAMPLES."""
+def _min_values(gate: Gate) -> int:
+    """Values needed so that at least one lies above the gate's percentile (p95: 20, p99: 100)."""
     if gate.stat is None or gate.stat == "mean":
         return MIN_SAMPLES
     tail = 1.0 - float(gate.stat[1:]) / 100.0
     return max(MIN_SAMPLES, math.ceil(1.0 / tail - 1e-9))
+
+
+def _too_few(cur: _Sample, base: _Sample, gate: Gate) -> str:
+    """Why the samples cannot support a verdict, or "" when they can."""
+    need = _min_values(gate)
+    if min(cur.n, base.n) < MIN_SAMPLES or min(cur.values, base.values) < need:
+        return f"too few samples: {cur.values} now, {base.values} in the baseline (need {need} for {gate.name})"
+    return ""
 
 
 def _worse(current: Any, baseline: Any, higher_is_better: bool) -> Any:
@@ -261,11 +274,10 @@ def evaluate_gate(current: CellResult, baseline: CellResult, gate: Gate) -> Gate
     if not current.ok or not baseline.ok:
         return _failed_cell_result(current, baseline, gate)
     cur, base = _sample(current, gate), _sample(baseline, gate)
-    need = _min_samples(gate)
     change = None if not base.point else 100.0 * _worse(cur.point, base.point, gate.higher_is_better)
-    if min(cur.n, base.n) < need or change is None or not math.isfinite(change):
-        return GateResult(gate, "inconclusive", change, None, None, cur.n, base.n,
-                          f"too few samples: {cur.n} now, {base.n} in the baseline (need {need})")
+    too_few = _too_few(cur, base, gate)
+    if too_few or change is None or not math.isfinite(change):
+        return GateResult(gate, "inconclusive", change, None, None, cur.n, base.n, too_few or "no baseline value")
     rng = np.random.default_rng(_seed(gate, current))
     with np.errstate(divide="ignore", invalid="ignore"):
         changes = 100.0 * _worse(cur.boot(rng, BOOTSTRAP_ROUNDS), base.boot(rng, BOOTSTRAP_ROUNDS),
@@ -383,9 +395,12 @@ class Comparison:
 
         lines = [f"Comparison with {self.baseline_name}: " + self.summary()]
         lines += [f"WARNING (forced): {m}" for m in self.mismatches]
-        headers = ["cell", *(label for label, _, _ in DELTA_METRICS), "gates", "verdict"]
-        rows = [[c.label, *(_delta_text(d) for d in c.deltas), "\n".join(g.describe() for g in c.gates),
-                 c.verdict] for c in self.cells]
+        lines.append("Changes are this run vs the baseline; * marks a change for the worse "
+                     "(latency up, throughput down).")
+        headers = ["users", "prompt", "E2E mean (s)", *(label for label, _, _ in DELTA_METRICS[1:]), "gates", "verdict"]
+        rows = [[str(c.current.users) if c.current.mode == "closed" else f"{c.current.rate:g}/s",
+                 str(c.current.prompt_tokens), _e2e_text(c.deltas[0]), *(_delta_text(d) for d in c.deltas[1:]),
+                 "\n".join(g.describe() for g in c.gates), c.verdict] for c in self.cells]
         lines.append(tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True))
         lines += [f"only in this run (not compared): {c.label}" for c in self.only_current]
         lines += [f"only in the baseline (not measured now): {c.label}" for c in self.only_baseline]
@@ -400,10 +415,17 @@ class Comparison:
 
 
 def _delta_text(d: Delta) -> str:
+    """'+30.0%*' (signed change; * when worse)."""
+    if d.change_pct is None:
+        return "-"
+    return f"{d.change_pct:+.1f}%{'*' if d.worse else ''}"
+
+
+def _e2e_text(d: Delta) -> str:
+    """'1.9 -> 2.5 +30.0%*': the study's metric gets its values too."""
     if d.baseline is None or d.current is None:
         return "-"
-    pct = "" if d.change_pct is None else f" ({d.change_pct:+.1f}%{' worse' if d.worse else ''})"
-    return f"{format_value(d.baseline, d.metric)} → {format_value(d.current, d.metric)}{pct}"
+    return f"{format_value(d.baseline, d.metric)} -> {format_value(d.current, d.metric)} {_delta_text(d)}"
 
 
 def _key(cell: CellResult) -> tuple[Any, ...]:

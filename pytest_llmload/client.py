@@ -19,7 +19,7 @@ import socket
 import ssl as _ssl
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from .results import RequestRecord
@@ -124,8 +124,7 @@ class StreamProtocol(asyncio.Protocol):
 
     # ---- asyncio callbacks ---------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
         self.now = time.perf_counter()  # first thing: the arrival time is what we measure
@@ -384,10 +383,21 @@ class StreamRequest:
             proto.start = proto.now
             proto.fail("connect", f"cannot connect to {self.endpoint.host}:{self.endpoint.port}: {e!r}")
             return False
+        if proto.end is not None:  # aborted while connecting (server death, cancel)
+            transport.abort()
+            return False
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return True
+
+    def fail_now(self, kind: str, detail: str) -> None:
+        """Record the request as failed without sending it (e.g. the server is already dead)."""
+        loop = asyncio.get_running_loop()
+        self._done = loop.create_future()
+        self.proto = StreamProtocol(self._done)
+        self.proto.now = self.proto.start = time.perf_counter()
+        self.proto.fail(kind, detail)
 
     def send(self) -> float:
         """Write the request; the start time is taken just before the bytes go out."""

@@ -31,7 +31,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, cast
 
 # Fault modes; `http_NNN` for any status works too.
 FAULTS = (
@@ -348,8 +348,7 @@ class _HTTPServerProtocol(asyncio.Protocol):
         self.handled = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self.server._protocols.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:

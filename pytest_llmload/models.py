@@ -131,6 +131,21 @@ def default_cache_dir() -> Path:
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
+def resolve_model_name(value: str) -> None:
+    """Check a --llm-model value without building anything; ConfigError if it cannot be resolved."""
+    value = value.strip()
+    if value in PRESETS:
+        return
+    path = Path(value).expanduser()
+    if path.is_dir():
+        _from_dir(path)
+    elif _looks_like_path(value):
+        raise ConfigError(f"model folder {value!r} does not exist")
+    elif not _HUB_ID.match(value):
+        raise ConfigError(f"unknown model {value!r}: not a preset, a local folder or a hub id (org/name). "
+                          f"Presets: {', '.join(PRESETS)}")
+
+
 def resolve_model(value: str, cache_dir: Path | None = None) -> ModelChoice:
     """Turn a --llm-model value (preset name, local folder or hub id) into a ModelChoice.
 

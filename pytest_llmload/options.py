@@ -83,6 +83,17 @@ def parse_base_url(value: str) -> str:
     return url[: -len("/v1")] if url.endswith("/v1") else url
 
 
+def parse_model(value: str) -> str:
+    """A preset name, a local model folder (with config.json) or a hub id (org/name); checked, not built."""
+    from .models import resolve_model_name  # noqa: PLC0415 - keep option parsing import-light
+
+    try:
+        resolve_model_name(str(value))
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+    return str(value).strip()
+
+
 def parse_metric_list(value: str) -> tuple[str, ...]:
     """Report metrics, e.g. `e2e,ttft`."""
     items = [v.strip() for v in str(value).split(",") if v.strip()]
@@ -132,7 +143,7 @@ class Option:
 OPTIONS: tuple[Option, ...] = (
     # --- which server
     Option("model", "Preset name (see --llm-list-presets), hub id, or local model directory.", "tiny",
-           str, "NAME", env="LLMLOAD_MODEL"),
+           parse_model, "NAME", env="LLMLOAD_MODEL"),
     Option("base-url", "Attach to an already running OpenAI-compatible server instead of starting vLLM.",
            None, parse_base_url, "URL", env="LLMLOAD_BASE_URL"),
     Option("api-key", "API key for --llm-base-url (else $OPENAI_API_KEY). Never written to logs or reports.",

@@ -12,6 +12,7 @@ so `run_cell` can be called from plain synchronous code such as a pytest test.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import time
 from collections import Counter
@@ -51,12 +52,18 @@ class ServerDied(Exception):
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
-    """uvloop when installed (cheaper I/O callbacks on the one core the client has), else asyncio's."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
+    """uvloop when installed (cheaper I/O callbacks on the one core the client has), else asyncio's.
+
+    `LLMLOAD_EVENT_LOOP=asyncio` forces the standard loop (the benchmark compares both).
+    """
+    if os.environ.get("LLMLOAD_EVENT_LOOP", "uvloop") != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
 
 
 class LoadRunner:
@@ -168,11 +175,11 @@ class LoadRunner:
         warnings = self._call_observers_before(spec)
         self.progress.start_cell(label, n)
         try:
-            records, died = await self._launch(spec, prompts, arrivals)
+            requests, t0, died = await self._launch(spec, prompts, arrivals)
         finally:
             self._abort_all("timeout", "cell cancelled")
             self.progress.end_cell()
-        return self._result(spec, records, died, warnings)
+        return self._result(spec, requests, t0, died, warnings)
 
     def _request_count(self, spec: CellSpec) -> tuple[int, list[float] | None]:
         if spec.mode == "open":
@@ -189,10 +196,10 @@ class LoadRunner:
         return n, arrivals
 
     async def _launch(self, spec: CellSpec, prompts: list[Prompt],
-                      arrivals: list[float] | None) -> tuple[list[StreamRequest], str | None]:
-        """Run the requests while a watcher polls the server; returns them and the death cause if any."""
+                      arrivals: list[float] | None) -> tuple[list[StreamRequest], float, str | None]:
+        """Run the requests while a watcher polls the server; returns them, t0 and the death cause."""
         watcher = asyncio.ensure_future(self._watch_server())
-        work: Awaitable[list[StreamRequest]]
+        work: Awaitable[tuple[list[StreamRequest], float]]
         if arrivals is None:
             work = self._closed_loop(spec, prompts)
         else:
@@ -206,8 +213,7 @@ class LoadRunner:
         finally:
             watcher.cancel()
             work_task.cancel()
-        self._t0 = t0
-        return requests, self._dead
+        return requests, t0, self._dead
 
     async def _watch_server(self) -> None:
         """Return as soon as the launched server is seen dead (never returns without a status callable)."""
@@ -237,10 +243,7 @@ class LoadRunner:
             for r in range(spec.rounds):
                 if r:
                     req = self._new_request(spec, prompts[r * users + u], r * users + u)
-                    if await req.connect(min(30.0, self.request_timeout_s)):
-                        req.send()
-                    else:
-                        req.send()  # stamps the failed request's start
+                    await self._start_later(req)
                 await req.wait(self.request_timeout_s)
                 done.append(req)
                 self.progress.request_done(req.proto is not None and req.proto.error is None)
@@ -258,14 +261,25 @@ class LoadRunner:
 
         async def one(req: StreamRequest, at: float) -> None:
             await _sleep_until(t0 + at - OPEN_LOOP_LEAD_S)
-            await req.connect(min(30.0, self.request_timeout_s))
-            await _sleep_until(t0 + at)
-            req.send()
+            await self._start_later(req, t0 + at)
             await req.wait(self.request_timeout_s)
             self.progress.request_done(req.proto is not None and req.proto.error is None)
 
         await asyncio.gather(*(one(r, a) for r, a in zip(reqs, arrivals)))
         return reqs, t0
+
+    async def _start_later(self, req: StreamRequest, at: float | None = None) -> None:
+        """Connect and send one request (at `at`, if given); fail it at once if the server is dead."""
+        if self._dead is None:
+            await req.connect(min(30.0, self.request_timeout_s))
+            if at is not None:
+                await _sleep_until(at)
+        if self._dead is not None:
+            if req.proto is None:
+                req.fail_now("server_died", self._dead)
+            else:
+                req.abort("server_died", self._dead)
+        req.send()
 
     async def _connect_all(self, reqs: Sequence[StreamRequest]) -> None:
         sem = asyncio.Semaphore(CONNECT_CONCURRENCY)
@@ -284,9 +298,8 @@ class LoadRunner:
             self._active.clear()
 
     # ---- results -------------------------------------------------------------------------------------
-    def _result(self, spec: CellSpec, requests: list[StreamRequest], died: str | None,
+    def _result(self, spec: CellSpec, requests: list[StreamRequest], t0: float, died: str | None,
                 warnings: list[str]) -> CellResult:
-        t0 = self._t0
         records = tuple(r.record(t0) for r in requests)
         self._active.clear()
         stats = cell_stats(records)

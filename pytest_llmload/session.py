@@ -55,31 +55,18 @@ class LoadSession:
         return VLLMServer(self.server_spec())
 
     def server_spec(self) -> Any:
-        """The ServerSpec built from the options and the model preset (options win over the preset)."""
+        """The ServerSpec: the model's preset layout, overridden by every layout option given."""
         from .models import resolve_model
-        from .server import ServerSpec
+        from .server import spec_from_choice
 
         s = self.settings
         choice = self.model_choice = resolve_model(s.model, s.cache_path())
-        preset = choice.preset
-        pick: Callable[[str, Any], Any] = lambda name, default=None: (  # noqa: E731
-            getattr(s, name) if getattr(s, name) is not None else getattr(preset, name, default) if preset else default
-        )
-        return ServerSpec(
-            model=str(choice.model),
-            served_model_name=s.served_model_name or choice.served_model_name,
-            tensor_parallel=s.tp or (preset.tensor_parallel if preset else 1),
-            pipeline_parallel=s.pp or (preset.pipeline_parallel if preset else 1),
-            gpus=s.gpus,
-            quantization=pick("quantization"),
-            dtype=pick("dtype"),
-            max_model_len=pick("max_model_len"),
-            extra_args=tuple(s.server_arg),
-            startup_timeout_s=s.startup_timeout,
-            host=s.host,
-            device=s.device,
-            log_dir=self.report_dir(),
-            cache_dir=s.cache_path(),
+        given = {"tensor_parallel": s.tp, "pipeline_parallel": s.pp, "quantization": s.quantization,
+                 "dtype": s.dtype, "max_model_len": s.max_model_len, "served_model_name": s.served_model_name}
+        return spec_from_choice(
+            choice, **{k: v for k, v in given.items() if v is not None},
+            gpus=s.gpus, extra_args=tuple(s.server_arg), startup_timeout_s=s.startup_timeout, host=s.host,
+            device=s.device, log_dir=self.report_dir(), cache_dir=s.cache_path(),
         )
 
     def server_log_tail(self, lines: int = 40) -> str:

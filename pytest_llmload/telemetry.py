@@ -217,7 +217,7 @@ class _CellState:
     """Everything sampled during the current cell."""
 
     gpus: dict[int, _GpuAccumulator]
-    started: float
+    started: float | None = None  # time of the first sample; the timeline counts from it
     total_mem_peak: int = 0  # peak of the per-sample sum over GPUs (not the sum of peaks)
     timeline: list[tuple[float, tuple[Sample | None, ...]]] = field(default_factory=list)
     stride: int = 1
@@ -301,7 +301,7 @@ class GpuTelemetry:
         if not self.available:
             return
         self._stop_thread()  # a previous cell whose after_cell never came
-        self._state = _CellState(gpus={i: _GpuAccumulator() for i in self.indices}, started=self._clock())
+        self._state = _CellState(gpus={i: _GpuAccumulator() for i in self.indices})
         self.sample_once()
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="llmload-gpu-telemetry", daemon=True)
@@ -344,16 +344,15 @@ class GpuTelemetry:
         if state is None or reader is None:
             return
         t = self._clock()
-        readings: list[Sample | None] = []
-        for i in self.indices:
-            readings.append(self._read(reader, state.gpus[i], i))
+        readings = [self._read(reader, state.gpus[i], i) for i in self.indices]
         with self._lock:
+            start = state.started = t if state.started is None else state.started
             for i, s in zip(self.indices, readings):
                 if s is not None:
                     state.gpus[i].add(t, s)
             if all(s is not None for s in readings):
                 state.total_mem_peak = max(state.total_mem_peak, sum(s.memory_used for s in readings if s))
-            self._keep(state, t - state.started, tuple(readings))
+            self._keep(state, t - start, tuple(readings))
 
     @staticmethod
     def _read(reader: GpuReader, acc: _GpuAccumulator, index: int) -> Sample | None:

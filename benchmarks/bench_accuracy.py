@@ -1,0 +1,253 @@
+"""How accurately does the client measure the server? Client numbers vs the fake server's own truth.
+
+The fake server (pytest_llmload.fakeserver, pinned to CPU 1) sends the first token 100 ms after it has
+read a request, then one token every 20 ms, 100 tokens, and records for every request when it read it,
+when it wrote each token and when it wrote [DONE] (time.perf_counter: CLOCK_MONOTONIC, the same clock
+as this process). The client runs pinned to CPU 0. For 1, 128 and 1024 simultaneous users and for each
+HTTP stack, the client's E2E / TTFT / ITL are compared with the server's, per request and in
+distribution; then the client's maximum ingest rate (token events per second on its one core) is
+measured with a server that sends every token at once.
+
+    .venv/bin/python benchmarks/bench_accuracy.py            # writes benchmarks/results/accuracy.{json,md}
+    .venv/bin/python benchmarks/bench_accuracy.py --quick    # 1 and 128 users only, no comparison stacks
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from pytest_llmload import metrics  # noqa: E402
+from pytest_llmload.fakeserver import prompt_key  # noqa: E402
+from pytest_llmload.results import RequestRecord  # noqa: E402
+from pytest_llmload.runner import LoadRunner  # noqa: E402
+
+MODEL = "fake-model"
+TTFT_MS, ITL_MS, TOKENS, PROMPT_TOKENS = 100.0, 20.0, 100, 64
+SERVER_CPU, CLIENT_CPU = 1, 0
+
+
+# ---- the fake server in its own process -------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http_json(url: str, body: dict[str, Any] | None = None) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return json.loads(r.read() or b"null")
+
+
+def start_server(port: int) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "pytest_llmload.fakeserver", "--port", str(port), "--ttft-ms", str(TTFT_MS),
+           "--itl-ms", str(ITL_MS), "--cpu", str(SERVER_CPU), "--uvloop", "--max-model-len", "100000",
+           "--duration-s", "1800"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"fake server exited with {proc.returncode}")
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+            return proc
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("fake server not ready in 30 s")
+
+
+# ---- comparison -------------------------------------------------------------------------------------
+def compare(records: Sequence[RequestRecord], prompts: Sequence[str], truth: list[dict[str, Any]]) -> dict[str, Any]:
+    """Client vs server, in distribution and per request (paired through the prompt)."""
+    by_key = {t["key"]: t for t in truth}
+    ok = [r for r in records if r.ok]
+    pairs = [(r, by_key[prompt_key(prompts[r.index])]) for r in ok if prompt_key(prompts[r.index]) in by_key]
+    t_e2e = [t["done"] - t["recv"] for _, t in pairs if t["done"]]
+    t_ttft = [t["sends"][0] - t["recv"] for _, t in pairs if t["sends"]]
+    t_itl = [b - a for _, t in pairs for a, b in zip(t["sends"], t["sends"][1:])]
+    stats = metrics.cell_stats(records)
+    c_e2e, c_ttft, c_itl = stats.e2e, stats.ttft, stats.itl
+    err_e2e = sorted((r.e2e - (t["done"] - t["recv"])) * 1000 for r, t in pairs if t["done"])
+    err_ttft = sorted(((r.ttft or 0) - (t["sends"][0] - t["recv"])) * 1000 for r, t in pairs if t["sends"])
+    out: dict[str, Any] = {
+        "requests": len(records), "ok": len(ok), "matched": len(pairs), "errors": stats.errors,
+        "start_spread_ms": stats.start_spread_s * 1000,
+        "client": {"e2e_p50_s": c_e2e and c_e2e.p50, "ttft_p50_ms": c_ttft and c_ttft.p50 * 1000,
+                   "itl_mean_ms": c_itl and c_itl.mean * 1000, "chunks": c_itl and c_itl.count},
+        "server": {"e2e_p50_s": t_e2e and statistics.median(t_e2e),
+                   "ttft_p50_ms": t_ttft and statistics.median(t_ttft) * 1000,
+                   "itl_mean_ms": t_itl and statistics.fmean(t_itl) * 1000},
+    }
+    if c_e2e and t_e2e and c_ttft and t_ttft and c_itl and t_itl:
+        out["delta"] = {
+            "e2e_p50_pct": (c_e2e.p50 / statistics.median(t_e2e) - 1) * 100,
+            "ttft_p50_ms": (c_ttft.p50 - statistics.median(t_ttft)) * 1000,
+            "itl_mean_ms": (c_itl.mean - statistics.fmean(t_itl)) * 1000,
+            "paired_e2e_ms_p50": metrics.percentile(err_e2e, 50), "paired_e2e_ms_p99": metrics.percentile(err_e2e, 99),
+            "paired_ttft_ms_p50": metrics.percentile(err_ttft, 50),
+            "paired_ttft_ms_p99": metrics.percentile(err_ttft, 99),
+        }
+    return out
+
+
+def verdict(res: dict[str, Any]) -> dict[str, bool]:
+    d = res.get("delta") or {}
+    if not d:
+        return {"all": False}
+    v = {"e2e_p50_within_2pct": abs(d["e2e_p50_pct"]) <= 2.0, "ttft_p50_within_5ms": abs(d["ttft_p50_ms"]) <= 5.0,
+         "itl_mean_within_0.5ms": abs(d["itl_mean_ms"]) <= 0.5, "no_errors": res["ok"] == res["requests"]}
+    if res["requests"] >= 1024:
+        v["start_spread_under_50ms"] = res["start_spread_ms"] < 50.0
+    v["all"] = all(v.values())
+    return v
+
+
+# ---- the stacks under test ----------------------------------------------------------------------------
+def run_llmload(base: str, users: int, loop: str, max_tokens: int = TOKENS) -> tuple[list[RequestRecord], list[str], float]:
+    os.environ["LLMLOAD_EVENT_LOOP"] = loop
+    with LoadRunner(base, MODEL, progress=False, request_timeout_s=120) as runner:
+        # Prompts first (cached), so that only the cell is timed for CPU.
+        factory = runner._run(runner._prompt_factory())  # noqa: SLF001 - the bench pairs by prompt
+        prompts = [p.text for p in runner._run(factory.prompts(PROMPT_TOKENS, users))]  # noqa: SLF001
+        http_json(base + "/fake/reset", {})
+        cpu = time.process_time()
+        cell = runner.run_cell_kw(users, PROMPT_TOKENS, max_tokens)
+        cpu = time.process_time() - cpu
+    return list(cell.records), prompts, cpu
+
+
+def run_candidate(base: str, users: int, which: str, max_tokens: int = TOKENS) -> tuple[list[RequestRecord], list[str], float]:
+    import uvloop
+    from candidates import run_aiohttp, run_httpx
+
+    prompts = [f"{which} request {i} " + "lorem ipsum " * 20 for i in range(users)]
+    http_json(base + "/fake/reset", {})
+    fn: Callable[..., Any] = {"httpx": lambda: run_httpx(base, MODEL, prompts, max_tokens),
+                              "httpx-plain": lambda: run_httpx(base, MODEL, prompts, max_tokens, tuned=False),
+                              "aiohttp": lambda: run_aiohttp(base, MODEL, prompts, max_tokens)}[which]
+    cpu = time.process_time()
+    records = uvloop.run(fn())
+    return records, prompts, time.process_time() - cpu
+
+
+def run_one(base: str, stack: str, users: int, max_tokens: int = TOKENS) -> tuple[list[RequestRecord], list[str], float]:
+    if stack.startswith("llmload"):
+        return run_llmload(base, users, "asyncio" if stack.endswith("asyncio") else "uvloop", max_tokens)
+    return run_candidate(base, users, stack, max_tokens)
+
+
+def ingest(base: str, stack: str, users: int, tokens: int) -> dict[str, Any]:
+    """Token events per second the client absorbs when the server sends everything at once."""
+    http_json(base + "/fake/config", {"itl_ms": 0, "ttft_ms": 50, "record_truth": False})
+    try:
+        records, _, cpu = run_one(base, stack, users, tokens)
+    finally:
+        http_json(base + "/fake/config", {"itl_ms": ITL_MS, "ttft_ms": TTFT_MS, "record_truth": True})
+    ok = [r for r in records if r.ok]
+    events = sum(len(r.chunk_times) for r in ok)
+    span = max(r.end for r in ok) - min(r.first_token for r in ok if r.first_token is not None) if ok else 0
+    return {"stack": stack, "users": users, "tokens": tokens, "ok": len(ok), "events": events,
+            "span_s": span, "events_per_s": events / span if span else 0, "cpu_s": cpu,
+            "cpu_us_per_event": cpu / events * 1e6 if events else None}
+
+
+def machine() -> dict[str, Any]:
+    model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                  if ln.startswith("model name")), platform.processor())
+    import uvloop
+
+    return {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "cpu": model,
+            "cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+            "uvloop": uvloop.__version__, "client_cpu": CLIENT_CPU, "server_cpu": SERVER_CPU,
+            "loadavg_at_start": os.getloadavg()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    a = ap.parse_args()
+    os.sched_setaffinity(0, {CLIENT_CPU})
+    port = free_port()
+    proc = start_server(port)
+    base = f"http://127.0.0.1:{port}"
+    stacks = ["llmload-uvloop"] if a.quick else ["llmload-uvloop", "llmload-asyncio", "aiohttp", "httpx"]
+    sizes = [1, 128] if a.quick else [1, 128, 1024]
+    report: dict[str, Any] = {"machine": machine(), "server": {"ttft_ms": TTFT_MS, "itl_ms": ITL_MS,
+                              "tokens": TOKENS, "prompt_tokens": PROMPT_TOKENS}, "accuracy": [], "ingest": []}
+    try:
+        for users in sizes:
+            for stack in stacks + (["httpx-plain"] if users == 1024 else []):
+                records, prompts, cpu = run_one(base, stack, users)
+                res = compare(records, prompts, http_json(base + "/fake/truth"))
+                res.update(stack=stack, users=users, client_cpu_s=cpu)
+                res["verdict"] = verdict(res)
+                report["accuracy"].append(res)
+                print(json.dumps({k: res[k] for k in ("stack", "users", "ok", "start_spread_ms", "delta", "verdict")
+                                  if k in res}), flush=True)
+        for stack in stacks:
+            r = ingest(base, stack, 64 if a.quick else 128, 1000)
+            report["ingest"].append(r)
+            print(json.dumps(r), flush=True)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    report["machine"]["loadavg_at_end"] = os.getloadavg()
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = "accuracy-quick" if a.quick else "accuracy"
+    (out / f"{name}.json").write_text(json.dumps(report, indent=1) + "\n")
+    (out / f"{name}.md").write_text(markdown(report))
+    print(f"wrote {out / name}.json and .md")
+
+
+def markdown(rep: dict[str, Any]) -> str:
+    m = rep["machine"]
+    lines = [f"# Client accuracy vs fake-server truth ({m['date']})", "",
+             f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, uvloop {m['uvloop']}; client on "
+             f"CPU {m['client_cpu']}, fake server on CPU {m['server_cpu']}; load average at start "
+             f"{m['loadavg_at_start'][0]:.2f}, at end {m['loadavg_at_end'][0]:.2f}.",
+             f"Server: TTFT {rep['server']['ttft_ms']:g} ms, ITL {rep['server']['itl_ms']:g} ms, "
+             f"{rep['server']['tokens']} tokens.", "",
+             "| stack | users | ok | start spread ms | E2E p50 client/server s | ΔE2E p50 % | ΔTTFT p50 ms "
+             "| ΔITL mean ms | paired TTFT err p50/p99 ms | paired E2E err p50/p99 ms | client CPU s | targets |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rep["accuracy"]:
+        d = r.get("delta") or {}
+        f = (lambda k, fmt="{:.2f}": fmt.format(d[k]) if k in d else "-")  # noqa: E731
+        lines.append(
+            f"| {r['stack']} | {r['users']} | {r['ok']}/{r['requests']} | {r['start_spread_ms']:.1f} | "
+            f"{(r['client']['e2e_p50_s'] or 0):.4f} / {(r['server']['e2e_p50_s'] or 0):.4f} | {f('e2e_p50_pct')} | "
+            f"{f('ttft_p50_ms')} | {f('itl_mean_ms', '{:.3f}')} | {f('paired_ttft_ms_p50')} / {f('paired_ttft_ms_p99')} | "
+            f"{f('paired_e2e_ms_p50')} / {f('paired_e2e_ms_p99')} | {r['client_cpu_s']:.2f} | "
+            f"{'met' if r['verdict'].get('all') else 'MISSED: ' + ', '.join(k for k, v in r['verdict'].items() if not v)} |")
+    lines += ["", "Ingest (server sends all tokens at once; one client core):", "",
+              "| stack | users x tokens | events | events/s | client CPU µs/event |", "|---|---|---|---|---|"]
+    for r in rep["ingest"]:
+        cpu = f"{r['cpu_us_per_event']:.1f}" if r["cpu_us_per_event"] else "-"
+        lines.append(f"| {r['stack']} | {r['users']} x {r['tokens']} | {r['events']} | {r['events_per_s']:,.0f} | {cpu} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

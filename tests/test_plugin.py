@@ -1,0 +1,143 @@
+"""The plugin as users run it (pytester, in a subprocess) against the fake server: fixtures, markers,
+parametrization, failure messages, JUnit properties, reports. The real-vLLM path is in test_e2e.py."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from pytest_llmload.fakeserver import FakeServer
+
+pytest_plugins = ["pytester"]
+
+
+def run(pytester: pytest.Pytester, server: FakeServer, *args: str) -> pytest.RunResult:
+    return pytester.runpytest_subprocess(f"--llm-base-url={server.base_url}", "-p", "no:cacheprovider", *args)
+
+
+def test_llm_load_measures_a_cell_and_writes_reports(pytester: pytest.Pytester, fake_server: FakeServer) -> None:
+    pytester.makepyfile("""
+        def test_cell(llm_load):
+            result = llm_load(users=4, prompt_tokens=31, max_tokens=10)
+            assert result.ok and result.stats.requests_ok == 4
+            assert 0.015 < result.ttft.p50 < 1.0
+            assert result.e2e.p95 < 5 and result.tokens_per_s_per_user.p50 > 0
+            assert result.total_tokens_per_s > 0 and result.errors == {}
+            assert all(r.output_tokens == 10 and r.prompt_tokens == 31 for r in result.records)
+    """)
+    result = run(pytester, fake_server)
+    result.assert_outcomes(passed=1)
+    report = json.loads((pytester.path / "llmload-report" / "llmload.json").read_text())
+    assert [(c["users"], c["prompt_tokens"], c["ok"]) for c in report["cells"]] == [(4, 31, True)]
+    result.stdout.fnmatch_lines(["*Time to resolve*", "*pytest-llmload reports:*"])
+
+
+def test_marker_failure_names_cell_metric_observed_and_limit(pytester: pytest.Pytester,
+                                                             fake_server: FakeServer) -> None:
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.mark.llm_slo(ttft_p99_ms=1)
+        def test_fast_first_token(llm_load):
+            llm_load(users=2, prompt_tokens=31, max_tokens=5)
+    """)
+    result = run(pytester, fake_server, "--junitxml=junit.xml")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*SLOViolation: SLO missed in cell users=2 prompt_tokens=31 max_tokens=5*",
+                                 "*ttft p99: observed * ms, limit <= 1 ms*", "*distribution: p50*"])
+    props = {p.get("name"): p.get("value") for p in ET.parse(pytester.path / "junit.xml").iter("property")}
+    assert float(props["llm_ttft_p99_ms[u2-p31]"]) > 0.015  # base units: seconds
+    assert props["llm_error_rate_max[u2-p31]"] == "0"
+
+
+def test_declarative_marker_without_a_body_reads_the_matrix(pytester: pytest.Pytester,
+                                                            fake_server: FakeServer) -> None:
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.mark.llm_slo(users=2, prompt_tokens=31, e2e_p95_s=30)
+        def test_latency():
+            pass
+    """)
+    run(pytester, fake_server, "--llm-max-tokens=5").assert_outcomes(passed=1)
+
+
+def test_unknown_marker_key_is_a_usage_error(pytester: pytest.Pytester, fake_server: FakeServer) -> None:
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.mark.llm_slo(latency_p95=3)
+        def test_x():
+            pass
+    """)
+    result = run(pytester, fake_server)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*unknown objective 'latency_p95'*"])
+
+
+def test_llm_cell_parametrizes_over_the_matrix(pytester: pytest.Pytester, fake_server: FakeServer) -> None:
+    pytester.makepyfile("""
+        def test_cell(llm_cell):
+            assert llm_cell.ok
+    """)
+    result = run(pytester, fake_server, "--llm-users=1,3", "--llm-prompt-tokens=31,63", "--llm-max-tokens=5", "-v")
+    result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines(["*test_cell?u1-p31?*PASSED*", "*test_cell?u3-p63?*PASSED*"])
+
+
+def test_llm_matrix_and_configured_slos(pytester: pytest.Pytester, fake_server: FakeServer) -> None:
+    pytester.makeini("""
+        [pytest]
+        llm_users = 1,2
+        llm_prompt_tokens = 31
+        llm_max_tokens = 5
+        llm_slo =
+            users=2 e2e_p95_s=0.001
+    """)
+    pytester.makepyfile("""
+        def test_matrix(llm_matrix):
+            assert llm_matrix.cell(users=2, prompt_tokens=31).ok
+            assert len(llm_matrix.cells()) == 2
+
+        def test_configured(llm_slos, llm_load):
+            (slo,) = llm_slos
+            llm_load.check(slo, llm_load.cached(users=2, prompt_tokens=31))
+    """)
+    result = run(pytester, fake_server)
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*e2e p95: observed * s, limit <= 0.001 s*"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--llm-users=0"], "*--llm-users*'0' must be 1 or more*"),
+    (["--llm-users=-3"], "*--llm-users*'-3' must be 1 or more*"),
+    (["--llm-users=abc"], "*--llm-users*'abc' is not a whole number*"),
+    (["--llm-max-tokens=0"], "*--llm-max-tokens*'0' must be 1 or more*"),
+    (["--llm-request-timeout=soon"], "*--llm-request-timeout*'soon' is not a number*"),
+    (["--llm-model=no-such-preset"], "*--llm-model*no-such-preset*"),
+])
+def test_bad_options_fail_at_parse_time(pytester: pytest.Pytester, args: list[str], message: str) -> None:
+    pytester.makepyfile("def test_x(): pass")
+    result = pytester.runpytest_subprocess(*args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([message])
+
+
+def test_api_key_never_appears_in_output_or_reports(pytester: pytest.Pytester, fake_server: FakeServer) -> None:
+    secret = "sk-test-DO-NOT-LEAK-4242"
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.mark.llm_slo(ttft_p99_ms=1)
+        def test_fail(llm_load):
+            llm_load(users=1, prompt_tokens=31, max_tokens=3)
+    """)
+    result = run(pytester, fake_server, f"--llm-api-key={secret}", "--junitxml=junit.xml",
+                 "--llm-save-baseline=base.json")
+    result.assert_outcomes(failed=1)
+    assert secret not in result.stdout.str() + result.stderr.str()
+    for path in pytester.path.rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
