@@ -77,36 +77,57 @@ def start_server(port: int) -> subprocess.Popen[bytes]:
 
 
 # ---- comparison -------------------------------------------------------------------------------------
-def compare(records: Sequence[RequestRecord], prompts: Sequence[str], truth: list[dict[str, Any]]) -> dict[str, Any]:
-    """Client vs server, in distribution and per request (paired through the prompt)."""
+def compare(records: Sequence[RequestRecord], prompts: Sequence[str], truth: list[dict[str, Any]],
+            t0: float) -> dict[str, Any]:
+    """Client vs server, per request (paired through the prompt) and in distribution.
+
+    Both processes read CLOCK_MONOTONIC, so `t0 + record time` is comparable with the server's stamps.
+    "wire" truth starts at the client's write (what a user waits for: it includes the time the server
+    needs to accept and parse the request); "server" truth starts when the fake server had parsed the
+    request, so it leaves out the fake server's own backlog of reading N requests on one core.
+    The client's own error is what remains: token arrival (client) minus token write (server).
+    """
     by_key = {t["key"]: t for t in truth}
-    ok = [r for r in records if r.ok]
-    pairs = [(r, by_key[prompt_key(prompts[r.index])]) for r in ok if prompt_key(prompts[r.index]) in by_key]
-    t_e2e = [t["done"] - t["recv"] for _, t in pairs if t["done"]]
-    t_ttft = [t["sends"][0] - t["recv"] for _, t in pairs if t["sends"]]
-    t_itl = [b - a for _, t in pairs for a, b in zip(t["sends"], t["sends"][1:])]
+    pairs = [(r, by_key[prompt_key(prompts[r.index])]) for r in records
+             if r.ok and prompt_key(prompts[r.index]) in by_key]
+    pairs = [(r, t) for r, t in pairs if t["sends"] and t["done"]]
     stats = metrics.cell_stats(records)
-    c_e2e, c_ttft, c_itl = stats.e2e, stats.ttft, stats.itl
-    err_e2e = sorted((r.e2e - (t["done"] - t["recv"])) * 1000 for r, t in pairs if t["done"])
-    err_ttft = sorted(((r.ttft or 0) - (t["sends"][0] - t["recv"])) * 1000 for r, t in pairs if t["sends"])
-    out: dict[str, Any] = {
-        "requests": len(records), "ok": len(ok), "matched": len(pairs), "errors": stats.errors,
-        "start_spread_ms": stats.start_spread_s * 1000,
-        "client": {"e2e_p50_s": c_e2e and c_e2e.p50, "ttft_p50_ms": c_ttft and c_ttft.p50 * 1000,
-                   "itl_mean_ms": c_itl and c_itl.mean * 1000, "chunks": c_itl and c_itl.count},
-        "server": {"e2e_p50_s": t_e2e and statistics.median(t_e2e),
-                   "ttft_p50_ms": t_ttft and statistics.median(t_ttft) * 1000,
-                   "itl_mean_ms": t_itl and statistics.fmean(t_itl) * 1000},
+    ms = lambda xs: sorted(x * 1000 for x in xs)  # noqa: E731
+    p = metrics.percentile
+    lag_first = ms((t0 + r.first_token) - t["sends"][0] for r, t in pairs if r.first_token is not None)
+    lag_end = ms((t0 + r.end) - t["done"] for r, t in pairs)
+    lag_chunks = ms((t0 + c) - s for r, t in pairs if len(r.chunk_times) == len(t["sends"])
+                    for c, s in zip(r.chunk_times, t["sends"]))
+    backlog = ms(t["recv"] - (t0 + r.start) for r, t in pairs)
+    wire_e2e = [t["done"] - (t0 + r.start) for r, t in pairs]
+    wire_ttft = [t["sends"][0] - (t0 + r.start) for r, t in pairs]
+    srv_e2e = [t["done"] - t["recv"] for _, t in pairs]
+    srv_ttft = [t["sends"][0] - t["recv"] for _, t in pairs]
+    srv_itl = [b - a for _, t in pairs for a, b in zip(t["sends"], t["sends"][1:])]
+    out: dict[str, Any] = {"requests": len(records), "ok": stats.requests_ok, "matched": len(pairs),
+                           "errors": stats.errors, "start_spread_ms": stats.start_spread_s * 1000}
+    if not pairs or stats.e2e is None or stats.ttft is None or stats.itl is None:
+        return out
+    med = statistics.median
+    out["client"] = {"e2e_p50_s": stats.e2e.p50, "ttft_p50_ms": stats.ttft.p50 * 1000,
+                     "itl_mean_ms": stats.itl.mean * 1000, "chunks": stats.itl.count + len(pairs)}
+    out["wire_truth"] = {"e2e_p50_s": med(wire_e2e), "ttft_p50_ms": med(wire_ttft) * 1000}
+    out["server_truth"] = {"e2e_p50_s": med(srv_e2e), "ttft_p50_ms": med(srv_ttft) * 1000,
+                           "itl_mean_ms": statistics.fmean(srv_itl) * 1000}
+    out["delta"] = {
+        "e2e_p50_pct": (stats.e2e.p50 / med(wire_e2e) - 1) * 100,
+        "ttft_p50_ms": (stats.ttft.p50 - med(wire_ttft)) * 1000,
+        "itl_mean_ms": (stats.itl.mean - statistics.fmean(srv_itl)) * 1000,
+        "e2e_p50_pct_vs_server_view": (stats.e2e.p50 / med(srv_e2e) - 1) * 100,
+        "ttft_p50_ms_vs_server_view": (stats.ttft.p50 - med(srv_ttft)) * 1000,
     }
-    if c_e2e and t_e2e and c_ttft and t_ttft and c_itl and t_itl:
-        out["delta"] = {
-            "e2e_p50_pct": (c_e2e.p50 / statistics.median(t_e2e) - 1) * 100,
-            "ttft_p50_ms": (c_ttft.p50 - statistics.median(t_ttft)) * 1000,
-            "itl_mean_ms": (c_itl.mean - statistics.fmean(t_itl)) * 1000,
-            "paired_e2e_ms_p50": metrics.percentile(err_e2e, 50), "paired_e2e_ms_p99": metrics.percentile(err_e2e, 99),
-            "paired_ttft_ms_p50": metrics.percentile(err_ttft, 50),
-            "paired_ttft_ms_p99": metrics.percentile(err_ttft, 99),
-        }
+    out["lag_ms"] = {  # client arrival minus server write, and server read minus client write
+        "first_token_p50": p(lag_first, 50), "first_token_p99": p(lag_first, 99),
+        "end_p50": p(lag_end, 50), "end_p99": p(lag_end, 99),
+        "every_chunk_p50": p(lag_chunks, 50) if lag_chunks else None,
+        "every_chunk_p99": p(lag_chunks, 99) if lag_chunks else None,
+        "server_read_backlog_p50": p(backlog, 50), "server_read_backlog_max": backlog[-1],
+    }
     return out
 
 
@@ -123,7 +144,7 @@ def verdict(res: dict[str, Any]) -> dict[str, bool]:
 
 
 # ---- the stacks under test ----------------------------------------------------------------------------
-def run_llmload(base: str, users: int, loop: str, max_tokens: int = TOKENS) -> tuple[list[RequestRecord], list[str], float]:
+def run_llmload(base: str, users: int, loop: str, max_tokens: int = TOKENS) -> tuple[list[RequestRecord], list[str], float, float]:
     os.environ["LLMLOAD_EVENT_LOOP"] = loop
     with LoadRunner(base, MODEL, progress=False, request_timeout_s=120) as runner:
         # Prompts first (cached), so that only the cell is timed for CPU.
@@ -133,10 +154,11 @@ def run_llmload(base: str, users: int, loop: str, max_tokens: int = TOKENS) -> t
         cpu = time.process_time()
         cell = runner.run_cell_kw(users, PROMPT_TOKENS, max_tokens)
         cpu = time.process_time() - cpu
-    return list(cell.records), prompts, cpu
+    assert runner.last_t0 is not None
+    return list(cell.records), prompts, cpu, runner.last_t0
 
 
-def run_candidate(base: str, users: int, which: str, max_tokens: int = TOKENS) -> tuple[list[RequestRecord], list[str], float]:
+def run_candidate(base: str, users: int, which: str, max_tokens: int = TOKENS) -> tuple[list[RequestRecord], list[str], float, float]:
     import uvloop
     from candidates import run_aiohttp, run_httpx
 
@@ -146,11 +168,11 @@ def run_candidate(base: str, users: int, which: str, max_tokens: int = TOKENS) -
                               "httpx-plain": lambda: run_httpx(base, MODEL, prompts, max_tokens, tuned=False),
                               "aiohttp": lambda: run_aiohttp(base, MODEL, prompts, max_tokens)}[which]
     cpu = time.process_time()
-    records = uvloop.run(fn())
-    return records, prompts, time.process_time() - cpu
+    records, t0 = uvloop.run(fn())
+    return records, prompts, time.process_time() - cpu, t0
 
 
-def run_one(base: str, stack: str, users: int, max_tokens: int = TOKENS) -> tuple[list[RequestRecord], list[str], float]:
+def run_one(base: str, stack: str, users: int, max_tokens: int = TOKENS) -> tuple[list[RequestRecord], list[str], float, float]:
     if stack.startswith("llmload"):
         return run_llmload(base, users, "asyncio" if stack.endswith("asyncio") else "uvloop", max_tokens)
     return run_candidate(base, users, stack, max_tokens)
@@ -160,7 +182,7 @@ def ingest(base: str, stack: str, users: int, tokens: int) -> dict[str, Any]:
     """Token events per second the client absorbs when the server sends everything at once."""
     http_json(base + "/fake/config", {"itl_ms": 0, "ttft_ms": 50, "record_truth": False})
     try:
-        records, _, cpu = run_one(base, stack, users, tokens)
+        records, _, cpu, _ = run_one(base, stack, users, tokens)
     finally:
         http_json(base + "/fake/config", {"itl_ms": ITL_MS, "ttft_ms": TTFT_MS, "record_truth": True})
     ok = [r for r in records if r.ok]
@@ -198,12 +220,12 @@ def main() -> None:
     try:
         for users in sizes:
             for stack in stacks + (["httpx-plain"] if users == 1024 else []):
-                records, prompts, cpu = run_one(base, stack, users)
-                res = compare(records, prompts, http_json(base + "/fake/truth"))
+                records, prompts, cpu, t0 = run_one(base, stack, users)
+                res = compare(records, prompts, http_json(base + "/fake/truth"), t0)
                 res.update(stack=stack, users=users, client_cpu_s=cpu)
                 res["verdict"] = verdict(res)
                 report["accuracy"].append(res)
-                print(json.dumps({k: res[k] for k in ("stack", "users", "ok", "start_spread_ms", "delta", "verdict")
+                print(json.dumps({k: res[k] for k in ("stack", "users", "ok", "start_spread_ms", "delta", "lag_ms", "verdict")
                                   if k in res}), flush=True)
         for stack in stacks:
             r = ingest(base, stack, 64 if a.quick else 128, 1000)
@@ -229,18 +251,26 @@ def markdown(rep: dict[str, Any]) -> str:
              f"{m['loadavg_at_start'][0]:.2f}, at end {m['loadavg_at_end'][0]:.2f}.",
              f"Server: TTFT {rep['server']['ttft_ms']:g} ms, ITL {rep['server']['itl_ms']:g} ms, "
              f"{rep['server']['tokens']} tokens.", "",
-             "| stack | users | ok | start spread ms | E2E p50 client/server s | ΔE2E p50 % | ΔTTFT p50 ms "
-             "| ΔITL mean ms | paired TTFT err p50/p99 ms | paired E2E err p50/p99 ms | client CPU s | targets |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "Truth (\"wire\"): from the client's write to the server's write of the first token / of [DONE]; "
+             "ITL truth: the gaps between the server's writes. Lag: client arrival minus server write "
+             "(the client's own error). Backlog: server read minus client write (the fake server's time to "
+             "accept and parse N requests on one core; a real user waits for it too).", "",
+             "| stack | users | ok | start spread ms | E2E p50 client / truth s | ΔE2E p50 % | ΔTTFT p50 ms "
+             "| ΔITL mean ms | lag first token p50/p99 ms | lag [DONE] p50/p99 ms | lag all chunks p50/p99 ms "
+             "| server backlog p50/max ms | client CPU s | targets |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rep["accuracy"]:
-        d = r.get("delta") or {}
-        f = (lambda k, fmt="{:.2f}": fmt.format(d[k]) if k in d else "-")  # noqa: E731
+        d, lag = r.get("delta") or {}, r.get("lag_ms") or {}
+        f = (lambda src, k, fmt="{:.2f}": "-" if src.get(k) is None else fmt.format(src[k]))  # noqa: E731
+        e2e = (f"{r['client']['e2e_p50_s']:.4f} / {r['wire_truth']['e2e_p50_s']:.4f}" if "client" in r else "-")
+        miss = [k for k, v in r["verdict"].items() if not v and k != "all"]
         lines.append(
-            f"| {r['stack']} | {r['users']} | {r['ok']}/{r['requests']} | {r['start_spread_ms']:.1f} | "
-            f"{(r['client']['e2e_p50_s'] or 0):.4f} / {(r['server']['e2e_p50_s'] or 0):.4f} | {f('e2e_p50_pct')} | "
-            f"{f('ttft_p50_ms')} | {f('itl_mean_ms', '{:.3f}')} | {f('paired_ttft_ms_p50')} / {f('paired_ttft_ms_p99')} | "
-            f"{f('paired_e2e_ms_p50')} / {f('paired_e2e_ms_p99')} | {r['client_cpu_s']:.2f} | "
-            f"{'met' if r['verdict'].get('all') else 'MISSED: ' + ', '.join(k for k, v in r['verdict'].items() if not v)} |")
+            f"| {r['stack']} | {r['users']} | {r['ok']}/{r['requests']} | {r['start_spread_ms']:.1f} | {e2e} | "
+            f"{f(d, 'e2e_p50_pct')} | {f(d, 'ttft_p50_ms')} | {f(d, 'itl_mean_ms', '{:.3f}')} | "
+            f"{f(lag, 'first_token_p50')} / {f(lag, 'first_token_p99')} | {f(lag, 'end_p50')} / {f(lag, 'end_p99')} | "
+            f"{f(lag, 'every_chunk_p50')} / {f(lag, 'every_chunk_p99')} | "
+            f"{f(lag, 'server_read_backlog_p50')} / {f(lag, 'server_read_backlog_max')} | {r['client_cpu_s']:.2f} | "
+            f"{'met' if r['verdict'].get('all') else 'MISSED: ' + ', '.join(miss)} |")
     lines += ["", "Ingest (server sends all tokens at once; one client core):", "",
               "| stack | users x tokens | events | events/s | client CPU µs/event |", "|---|---|---|---|---|"]
     for r in rep["ingest"]:

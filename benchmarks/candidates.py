@@ -39,7 +39,7 @@ def _event(line: str, times: list[float], now: float) -> dict[str, Any] | None |
 
 
 async def run_httpx(base_url: str, model: str, prompts: list[str], max_tokens: int, *, tuned: bool = True,
-                    timeout: float = 120.0) -> list[RequestRecord]:
+                    timeout: float = 120.0) -> tuple[list[RequestRecord], float]:
     """N simultaneous streams through one httpx.AsyncClient (tuned: pool >= N, no read timeout)."""
     import httpx
 
@@ -67,11 +67,11 @@ async def run_httpx(base_url: str, model: str, prompts: list[str], max_tokens: i
                 return _record(i, t0, start, times, usage, time.perf_counter(), type(e).__name__)
             return _record(i, t0, start, times, usage, time.perf_counter())
 
-        return list(await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts))))
+        return list(await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts)))), t0
 
 
 async def run_aiohttp(base_url: str, model: str, prompts: list[str], max_tokens: int,
-                      timeout: float = 120.0) -> list[RequestRecord]:
+                      timeout: float = 120.0) -> tuple[list[RequestRecord], float]:
     """N simultaneous streams through one aiohttp.ClientSession (no connection limit)."""
     import aiohttp
 
@@ -96,4 +96,4 @@ async def run_aiohttp(base_url: str, model: str, prompts: list[str], max_tokens:
                 return _record(i, t0, start, times, usage, time.perf_counter(), type(e).__name__)
             return _record(i, t0, start, times, usage, time.perf_counter())
 
-        return list(await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts))))
+        return list(await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts)))), t0

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import ssl as _ssl
 import time
@@ -27,13 +28,11 @@ from .results import RequestRecord
 MAX_ERROR_BODY = 64 * 1024  # bytes of an error response we keep reading for the detail
 DETAIL_CHARS = 500
 
-# A data payload containing one of these is decoded in full (it may carry usage, an error, the end).
-_FULL_PARSE = (b'"usage":{', b'"usage": {', b'"error"', b'"finish_reason":"', b'"finish_reason": "',
-               b'"role"', b'"object":"error"', b'"object": "error"')
-# ... and one of these is what makes a plain chunk a content chunk.
-_CONTENT = (b'"text":"', b'"text": "', b'"content":"', b'"content": "', b'"reasoning_content":"',
-            b'"reasoning_content": "')
-_EMPTY = (b'"text":""', b'"text": ""', b'"content":""', b'"content": ""')
+# A payload that may carry usage, an error, the end or a role is decoded in full; the plain token chunk
+# (the other 99 %) is recognised by two regex searches. Unescaped `"key":` cannot occur inside a JSON
+# string (its quotes would be escaped), so these cannot be fooled by generated text.
+_SPECIAL = re.compile(rb'"(?:usage"\s*:\s*\{|error"|finish_reason"\s*:\s*"|role"|object"\s*:\s*"error)')
+_CONTENT = re.compile(rb'"(?:text|content|reasoning_content|reasoning)"\s*:\s*"[^"]')
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,10 +133,39 @@ class StreamProtocol(asyncio.Protocol):
             data = self._read_head(data)
             if not data:
                 return
-        if self._chunked:
-            self._dechunk(data)
-        else:
+        if not self._chunked:
             self._body(data)
+        elif self._need < 0 and not self._raw and not self._sse and not self._data:
+            self._fast_chunks(data)
+        else:
+            self._dechunk(data)
+
+    def _fast_chunks(self, data: bytes) -> None:
+        """The hot path: whole HTTP chunks that each hold one plain token event (vLLM sends exactly that).
+
+        Anything else (a split chunk, [DONE], usage, several lines) goes, from that point on, to the
+        general parser, which handles every case; this loop only saves its per-line function calls.
+        """
+        pos, n, find = 0, len(data), data.find
+        while pos < n:
+            eol = find(b"\r\n", pos)
+            if eol < 0 or eol - pos > 8:
+                break
+            try:
+                size = int(data[pos:eol], 16)
+            except ValueError:
+                break
+            start = eol + 2
+            stop = start + size
+            if size < 9 or stop + 2 > n or data[start:start + 6] != b"data: " or data[stop - 2:stop + 2] != b"\n\n\r\n":
+                break
+            payload = data[start + 6:stop - 2]
+            if b"\n" in payload or not _is_plain_token(payload):
+                break
+            self._content()
+            pos = stop + 2
+        if pos < n:
+            self._dechunk(data[pos:] if pos else data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.now = time.perf_counter()
@@ -262,9 +290,7 @@ class StreamProtocol(asyncio.Protocol):
             self.saw_done = True
             self._finish()
             return
-        # The common case, a plain token chunk: recognised without decoding it.
-        if (p[:1] == b"{" and p[-1:] == b"}" and not any(m in p for m in _FULL_PARSE)
-                and any(m in p for m in _CONTENT) and not any(m in p for m in _EMPTY)):
+        if _is_plain_token(p):
             self._content()
             return
         try:
@@ -324,6 +350,11 @@ class StreamProtocol(asyncio.Protocol):
             self.transport.close()
         if not self.done.done():
             self.done.set_result(None)
+
+
+def _is_plain_token(p: bytes) -> bool:
+    """A JSON object with non-empty text/content and nothing that needs decoding (usage, error, end)."""
+    return p[:1] == b"{" and p[-1:] == b"}" and _SPECIAL.search(p) is None and _CONTENT.search(p) is not None
 
 
 def _has_content(choice: Any) -> bool:

@@ -108,7 +108,7 @@ def _hide(arg: str, secrets: Sequence[str]) -> str:
 def gpu_environment() -> dict[str, Any]:
     """GPU names and memory, driver and CUDA versions from NVML; `gpu_unavailable` says why not."""
     try:
-        import pynvml
+        import pynvml  # type: ignore[import-untyped]
 
         pynvml.nvmlInit()
     except Exception as exc:  # ImportError or NVMLError: a machine without an NVIDIA driver

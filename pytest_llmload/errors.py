@@ -6,6 +6,7 @@
     │   ├── ServerStartError         it exited or never became ready; carries the log tail
     │   └── ServerDiedError          it died while a cell was running; carries exit code and log tail
     ├── ReportFileError              a report / baseline file is damaged, foreign or of another schema
+    ├── ReportWriteError             some report formats could not be written (report/__init__.py)
     └── BaselineMismatchError        a comparison of runs of different models or layouts, not forced
     SLOViolation (AssertionError)    an objective was missed: which cell, which metric, observed vs limit
 

@@ -454,7 +454,7 @@ class PhysicalLimitObserver:
 
         try:
             reader = reader if reader is not None else NvmlReader()
-            names = reader.names()
+            names: list[str] = list(reader.names())
         except Exception as exc:  # no driver, no nvidia-ml-py: no GPU names, no bound
             self.unavailable_reason = f"GPU names unavailable ({type(exc).__name__}: {exc}); no physical limit"
             return []

@@ -49,8 +49,23 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                             type=opt.parse, help=help_text)
         parser.addini(opt.ini, f"{opt.help} (ini mirror of {opt.flag})",
                       type="linelist" if opt.kind == "append" else "string", default=None)
+    group.addoption("--llm-list-presets", action="store_true", default=False,
+                    help="Show the model presets (model, GPU layout, study table) and exit.")
     parser.addini("llm_slo", "Objectives, one per line: users=32 prompt_tokens=31,63 e2e_p95_s=20",
                   type="linelist", default=[])
+
+
+def pytest_cmdline_main(config: pytest.Config) -> int | None:
+    """`--llm-list-presets`: print the presets and stop, like `pytest --markers`."""
+    if not config.getoption("llm_list_presets", False):
+        return None
+    from .models import PRESETS
+
+    for name, p in PRESETS.items():
+        layout = f"tp={p.tensor_parallel} pp={p.pipeline_parallel} {p.quantization or p.dtype or 'auto'}"
+        study = f"study table {p.study_table}" if p.study_table else ""
+        print(f"{name:<22} {p.model or '(built locally)':<48} {layout:<22} {p.gpus:<16} {study}")
+    return 0
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -280,18 +295,22 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 # --- end of session: reports, baselines, gates -------------------------------------------------------------
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> Generator[None, None, None]:
+    """Before the other plugins finish: write reports and run the gates (also on failure or Ctrl-C), and
+    hand the cells to pytest-benchmark before it saves its own file."""
     from .finish import finish_session
 
     load = session.config.stash.get(SESSION_KEY, None)
-    if load is None:
-        return
-    load.run.interrupted = exitstatus == pytest.ExitCode.INTERRUPTED
-    try:
+    if load is not None:
+        load.run.interrupted = exitstatus == pytest.ExitCode.INTERRUPTED
         if finish_session(load, session.config) and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    try:
+        return (yield)
     finally:
-        load.close()
+        if load is not None:
+            load.close()
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:

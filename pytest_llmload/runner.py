@@ -92,6 +92,9 @@ class LoadRunner:
         self._factory: PromptFactory | None = None
         self._dead: str | None = None  # cause of death, once the server is known dead
         self._active: set[StreamRequest] = set()
+        # perf_counter() value of the last cell's start: record times + last_t0 give absolute
+        # CLOCK_MONOTONIC times, to correlate with a server's own timestamps (the accuracy benchmark).
+        self.last_t0: float | None = None
 
     # ---- sync facade -------------------------------------------------------------------------------
     def run_cell(self, spec: CellSpec) -> CellResult:
@@ -213,6 +216,7 @@ class LoadRunner:
         finally:
             watcher.cancel()
             work_task.cancel()
+        self.last_t0 = t0
         return requests, t0, self._dead
 
     async def _watch_server(self) -> None:

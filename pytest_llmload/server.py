@@ -18,6 +18,7 @@ server a crashed caller left behind.
 from __future__ import annotations
 
 import atexit
+import ctypes
 import json
 import os
 import re
@@ -27,6 +28,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -70,7 +72,7 @@ class ServerSpec:
     kv_cache_bytes: int = DEFAULT_KV_CACHE_BYTES  # CPU only: without it the CPU worker takes 0.92 x RAM
     log_dir: Path | None = None  # None: a new folder under the system temp dir (kept for reading)
     cache_dir: Path | None = None  # holds VLLM_CACHE_ROOT between runs; None: default_cache_dir()
-    env: Mapping[str, str] = field(default_factory=dict)  # added to the server's environment last
+    env: Mapping[str, str] = field(default_factory=dict, hash=False)  # added to the environment last
 
 
 def spec_from_choice(choice: ModelChoice, **overrides: Any) -> ServerSpec:
@@ -228,6 +230,8 @@ class VLLMServer:
         self._tree: dict[int, Any] = {}  # pid -> psutil.Process, recorded while the server runs
         self._shm: set[str] = set()  # /dev/shm files the tree had mapped
         self._tmpdir: Path | None = None
+        self._log_dir: Path | None = None
+        self._launched_at = 0.0  # time.time() of the launch, to tell our group's processes from reused pids
         self._stopping = False
 
     # ----- attributes
@@ -249,6 +253,10 @@ class VLLMServer:
         if self._proc is not None:
             pids.add(self._proc.pid)
         return sorted(pids)
+
+    def shm_files(self) -> list[str]:
+        """The /dev/shm files the server tree had mapped when last recorded (stop removes leftovers)."""
+        return sorted(self._shm)
 
     def returncode(self) -> int | None:
         """The API server's exit code; None while it runs (or before start)."""
@@ -320,18 +328,23 @@ class VLLMServer:
     def _launch(self, port: int, attempt: int) -> None:
         self.port = port
         self.argv = build_argv(self.spec, port)
-        log_dir = self.spec.log_dir or Path(tempfile.mkdtemp(prefix="llmload-logs-"))
-        log_dir.mkdir(parents=True, exist_ok=True)
-        self.log_path = log_dir / f"vllm-{self.spec.served_model_name.replace('/', '_')}-{port}-{attempt}.log"
+        if self._log_dir is None:
+            self._log_dir = self.spec.log_dir or Path(tempfile.mkdtemp(prefix="llmload-logs-"))
+            self._log_dir.mkdir(parents=True, exist_ok=True)
+        name = self.spec.served_model_name.replace("/", "_")
+        self.log_path = self._log_dir / f"vllm-{name}-{port}-{attempt}.log"
         if self._tmpdir is None:
-            self._tmpdir = Path(tempfile.mkdtemp(prefix="llmload-"))
+            # Per server, removed at stop; under the caller's TMPDIR from spec.env when one is given.
+            self._tmpdir = Path(tempfile.mkdtemp(prefix="llmload-", dir=self.spec.env.get("TMPDIR")))
         env = server_env(self.spec, self._tmpdir)
         with self.log_path.open("ab") as log:
             log.write(f"# {' '.join(self.argv)}\n".encode())
             log.flush()
+            self._launched_at = time.time()
             # The child keeps its own copy of the descriptor; ours can close right away.
             self._proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log,
-                                          stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                                          stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                          preexec_fn=_parent_death_signal())
         self._tree = {}
         self._stopping = False
         _LIVE.add(self)
@@ -399,6 +412,7 @@ class VLLMServer:
                 _signal(proc, signal.SIGKILL)
                 proc.wait(5)
         self._kill_recorded()
+        self._kill_group_stragglers(proc.pid)
         self._remove_shm()
 
     def _record_tree(self, with_shm: bool = False) -> None:
@@ -426,6 +440,22 @@ class VLLMServer:
                 pass
         psutil.wait_procs(alive, timeout=5)
 
+    def _kill_group_stragglers(self, pgid: int) -> None:
+        """SIGKILL processes left in the server's process group that were never recorded.
+
+        Only processes created after our launch count, so a reused pgid cannot hit a stranger.
+        """
+        psutil = _psutil()
+        stragglers = []
+        for process in psutil.process_iter(["create_time"]):
+            try:
+                if os.getpgid(process.pid) == pgid and process.info["create_time"] >= self._launched_at - 1:
+                    process.kill()
+                    stragglers.append(process)
+            except (OSError, psutil.Error):
+                continue
+        psutil.wait_procs(stragglers, timeout=5)
+
     def _remove_shm(self) -> None:
         for path in sorted(self._shm):
             try:
@@ -440,6 +470,26 @@ def _signal(proc: subprocess.Popen[bytes], sig: int) -> None:
         proc.send_signal(sig)
     except ProcessLookupError:
         pass
+
+
+def _parent_death_signal() -> Callable[[], None] | None:
+    """A preexec_fn asking Linux to SIGTERM the server when its parent dies (e.g. pytest SIGKILLed).
+
+    Linux ties this to the *thread* that forked, so it is only used from the main thread, which
+    lives as long as the process; elsewhere (and off Linux) the atexit guard is all there is.
+    """
+    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+    pr_set_pdeathsig = 1
+
+    def preexec() -> None:
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+    return preexec
 
 
 def _psutil() -> Any:

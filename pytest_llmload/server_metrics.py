@@ -3,7 +3,8 @@
 `ServerMetricsObserver` is a cell observer (name "server_metrics"). It scrapes `GET /metrics` before
 and after each cell and records the *deltas* (so earlier cells and warm-up do not leak in):
 
-- counters: prompt tokens, generation tokens, successful requests, preemptions;
+- counters: prompt tokens, generation tokens, successful requests, preemptions, and vLLM's own
+  estimates of bytes read and FLOPs per GPU where it exports them (None where it does not);
 - histograms (count, sum, mean = sum/count, and p50/p90/p99 interpolated inside the buckets the way
   Prometheus' `histogram_quantile` does, so a quantile is only as fine as the bucket edges):
   TTFT, E2E latency, inter-token latency, time per output token, queue time;
@@ -47,6 +48,10 @@ COUNTERS: dict[str, tuple[str, ...]] = {
     "generation_tokens": ("vllm:generation_tokens_total", "vllm:generation_tokens"),
     "request_success": ("vllm:request_success_total", "vllm:request_success"),
     "preemptions": ("vllm:num_preemptions_total", "vllm:num_preemptions"),
+    # vLLM's own roofline estimate: compare with physical.py's bytes per step. Exported by 0.32 but
+    # it stays 0 on the CPU build (measured), so a 0 here means "not estimated", not "nothing read".
+    "estimated_read_bytes_per_gpu": ("vllm:estimated_read_bytes_per_gpu_total",),
+    "estimated_flops_per_gpu": ("vllm:estimated_flops_per_gpu_total",),
 }
 HISTOGRAMS: dict[str, tuple[str, ...]] = {
     "ttft_s": ("vllm:time_to_first_token_seconds",),

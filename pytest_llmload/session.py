@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
 
-from .errors import ConfigError
+from .errors import ConfigError, LLMLoadError
 from .options import Settings
 from .results import CellResult, CellSpec, RunResult
 
@@ -85,13 +85,15 @@ class LoadSession:
         argv = list(getattr(server, "argv", []) or [])
         env = collect_environment(server=server, model=getattr(server, "model", None), server_args=argv)
         spec = getattr(server, "spec", None)
-        env["layout"] = {
-            "tensor_parallel": getattr(spec, "tensor_parallel", self.settings.tp),
-            "pipeline_parallel": getattr(spec, "pipeline_parallel", self.settings.pp),
+        # Top-level layout keys: baseline comparisons refuse runs whose model or layout differ.
+        env.update({
+            "served_model_name": getattr(server, "model", None),
+            "tensor_parallel_size": getattr(spec, "tensor_parallel", self.settings.tp),
+            "pipeline_parallel_size": getattr(spec, "pipeline_parallel", self.settings.pp),
             "quantization": getattr(spec, "quantization", self.settings.quantization),
             "dtype": getattr(spec, "dtype", self.settings.dtype),
-            "gpus": self.settings.gpus,
-        }
+            "gpus_option": self.settings.gpus,
+        })
         env["model_option"] = self.settings.model
         env["workload"] = {"max_tokens": self.settings.max_tokens, "api": self.settings.api,
                            "rounds": self.settings.rounds, "shared_prefix": self.settings.shared_prefix}
@@ -136,8 +138,7 @@ class LoadSession:
         facts = self._model_facts()
         if facts is not None:
             observers.append(PhysicalLimitObserver(facts, gpu_indices=gpus,
-                                                   tensor_parallel=self.run.environment.get("layout", {}).get(
-                                                       "tensor_parallel") or 1))
+                                                   tensor_parallel=self.run.environment.get("tensor_parallel_size") or 1))
         return observers
 
     def _model_facts(self) -> Any:
@@ -196,13 +197,16 @@ class LoadSession:
 
     def write_reports(self, formats: Sequence[str] = ("json", "csv", "md", "html")) -> list[Path]:
         """Write the reports; a format that fails is noted, never raised, so the others still land."""
-        from .report import write_reports
+        from .report import ReportWriteError, write_reports
 
         if not self.run.cells and not self.run.environment:
             return []
         try:
             return write_reports(self.run, self.report_dir(), formats=tuple(formats))
-        except Exception as exc:  # noqa: BLE001 - reports must never take the session down
+        except ReportWriteError as exc:
+            self.report_errors.append(str(exc))
+            return exc.written
+        except (OSError, LLMLoadError) as exc:  # e.g. the report dir is not writable
             self.report_errors.append(f"{type(exc).__name__}: {exc}")
             return []
 

@@ -72,7 +72,7 @@ class NvmlReader:
     """`GpuReader` over nvidia-ml-py. Raises ImportError or pynvml.NVMLError when there is no GPU/driver."""
 
     def __init__(self) -> None:
-        import pynvml  # local: the module must import on machines without nvidia-ml-py
+        import pynvml  # type: ignore[import-untyped]  # local: must import without nvidia-ml-py
 
         self._nvml = pynvml
         pynvml.nvmlInit()

@@ -141,3 +141,31 @@ def test_api_key_never_appears_in_output_or_reports(pytester: pytest.Pytester, f
     for path in pytester.path.rglob("*"):
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path
+
+
+def test_cells_are_saved_as_pytest_benchmark_entries(pytester: pytest.Pytester, fake_server: FakeServer) -> None:
+    pytester.makepyfile("""
+        def test_cell(llm_load):
+            assert llm_load(users=3, prompt_tokens=31, max_tokens=5).ok
+    """)
+    run(pytester, fake_server, "--benchmark-autosave").assert_outcomes(passed=1)
+    (saved,) = pytester.path.glob(".benchmarks/*/*.json")
+    benchmarks = json.loads(saved.read_text())["benchmarks"]
+    (entry,) = [b for b in benchmarks if b["name"].startswith("llmload_e2e")]
+    assert entry["stats"]["rounds"] == 3 and entry["stats"]["mean"] > 0
+
+
+def test_regression_gate_fails_the_session(pytester: pytest.Pytester, fake_server: FakeServer) -> None:
+    pytester.makepyfile("""
+        def test_cell(llm_load):
+            assert llm_load(users=8, prompt_tokens=31, max_tokens=20).ok
+    """)
+    run(pytester, fake_server, "--llm-save-baseline=base.json").assert_outcomes(passed=1)
+    fake_server.configure(itl_ms=8)  # 4x slower decoding: a real regression
+    result = run(pytester, fake_server, "--llm-baseline=base.json", "--llm-compare-fail=e2e_p50:10%")
+    result.assert_outcomes(passed=1)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["*regression*", "*regression gate FAILED*"])
+    fake_server.configure(itl_ms=2)
+    same = run(pytester, fake_server, "--llm-baseline=base.json", "--llm-compare-fail=e2e_p50:50%")
+    assert same.ret == pytest.ExitCode.OK, same.stdout.str()

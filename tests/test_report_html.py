@@ -3,6 +3,7 @@ real headless Chromium (skipped only when no Chromium binary is installed)."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 import subprocess
@@ -46,7 +47,7 @@ def test_html_is_self_contained_and_escaped() -> None:
 
 def test_html_without_records_or_closed_cells_still_renders() -> None:
     run = make_run()
-    run.cells[:] = [c.__class__(**{**c.__dict__, "records": ()}) for c in run.cells]
+    run.cells[:] = [dataclasses.replace(c, records=()) for c in run.cells]
     page = render_html(run)
     assert page.count("data:image/png") == 3  # no per-request distributions without records
     assert "Matrices" not in render_html(RunResult())

@@ -12,9 +12,11 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -94,6 +96,10 @@ def test_server_env(tmp_path: Path) -> None:
 def test_gpu_hub_model_may_download(tmp_path: Path) -> None:
     spec = ServerSpec(model="org/name", served_model_name="m", device="gpu", cache_dir=tmp_path)
     assert "HF_HUB_OFFLINE" not in server_env(spec, tmp_path, {})
+
+
+def test_spec_is_hashable_despite_its_env_mapping() -> None:
+    assert hash(ServerSpec(model="m", served_model_name="m", env={"A": "1"}))
 
 
 def test_resolve_device() -> None:
@@ -271,7 +277,7 @@ def test_attach_to_running_server(server: VLLMServer) -> None:
 
 @needs_vllm
 def test_bad_flag_fails_fast_with_the_log_tail(tiny_spec: ServerSpec) -> None:
-    spec = ServerSpec(**{**tiny_spec.__dict__, "extra_args": ("--no-such-flag",)})
+    spec = replace(tiny_spec, extra_args=("--no-such-flag",))
     started = time.monotonic()
     with pytest.raises(ServerStartError, match="exited with code") as info:
         VLLMServer(spec).start()
@@ -282,7 +288,7 @@ def test_bad_flag_fails_fast_with_the_log_tail(tiny_spec: ServerSpec) -> None:
 @needs_vllm
 def test_bad_model_fails_with_the_log_tail(tiny_spec: ServerSpec, tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text('{"model_type": "no-such-architecture"}')
-    spec = ServerSpec(**{**tiny_spec.__dict__, "model": str(tmp_path)})
+    spec = replace(tiny_spec, model=str(tmp_path))
     server = VLLMServer(spec)
     started = time.monotonic()
     with pytest.raises(ServerStartError, match="exited with code") as info:
@@ -290,6 +296,41 @@ def test_bad_model_fails_with_the_log_tail(tiny_spec: ServerSpec, tmp_path: Path
     assert time.monotonic() - started < START_TIMEOUT_S
     assert info.value.log_tail and "no-such-architecture" in info.value.log_tail
     assert _alive(server.tree_pids()) == []
+
+
+@needs_vllm
+def test_not_ready_before_the_deadline(tiny_spec: ServerSpec) -> None:
+    server = VLLMServer(replace(tiny_spec, startup_timeout_s=4))
+    started = time.monotonic()
+    with pytest.raises(ServerStartError, match="not ready within 4 s"):
+        server.start()
+    assert time.monotonic() - started < 4 + 20  # the deadline plus a SIGTERM grace at most
+    assert server.returncode() is not None and _alive(server.tree_pids()) == []
+
+
+_ORPHAN_SCRIPT = """
+import sys
+from pathlib import Path
+from pytest_llmload.server import ServerSpec, VLLMServer
+tmp = Path(sys.argv[1])
+VLLMServer(ServerSpec(model=str(tmp), served_model_name="m", device="cpu", log_dir=tmp,
+                      cache_dir=tmp, env={"TMPDIR": str(tmp)})).start()
+"""
+
+
+@needs_vllm
+def test_server_dies_with_a_killed_parent(tmp_path: Path) -> None:
+    psutil = pytest.importorskip("psutil")
+    parent = subprocess.Popen([sys.executable, "-c", _ORPHAN_SCRIPT, str(tmp_path)])
+    try:
+        deadline = time.monotonic() + 30
+        while not psutil.Process(parent.pid).children() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        [api_server] = psutil.Process(parent.pid).children()
+    finally:
+        parent.kill()  # no atexit, no finally: only the kernel's parent-death signal is left
+        parent.wait()
+    api_server.wait(timeout=15)  # psutil.TimeoutExpired (a test error) if it outlives its parent
 
 
 @needs_vllm
@@ -306,5 +347,7 @@ def test_killed_server_is_noticed_and_its_orphans_reaped(tiny_spec: ServerSpec) 
             server.raise_if_dead()
         assert info.value.returncode == -9 and info.value.log_tail
         assert len(_alive(pids)) >= 2  # the engine core and worker live on until stop()
+        shm = server.shm_files()
     assert _alive(pids) == []
+    assert [path for path in shm if os.path.exists(path)] == []  # no /dev/shm leak
     server.stop()  # a second stop is harmless

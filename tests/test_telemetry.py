@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -203,3 +207,11 @@ def test_cuda_visible_devices(value, expected):
 def test_interval_must_be_positive():
     with pytest.raises(ValueError, match="interval_s"):
         GpuTelemetry(interval_s=0, reader=ConstantReader())
+
+
+def test_the_device_check_script_says_no_gpu_clearly():
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_telemetry_check.py"
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")  # hide any GPU, so this is the no-GPU path everywhere
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert "no GPU" in proc.stderr
