@@ -263,7 +263,7 @@ def markdown(rep: dict[str, Any]) -> str:
         d, lag = r.get("delta") or {}, r.get("lag_ms") or {}
         f = (lambda src, k, fmt="{:.2f}": "-" if src.get(k) is None else fmt.format(src[k]))  # noqa: E731
         e2e = (f"{r['client']['e2e_p50_s']:.4f} / {r['wire_truth']['e2e_p50_s']:.4f}" if "client" in r else "-")
-        miss = [k for k, v in r["verdict"].items() if not v and k != "all"]
+        miss = [k for k, v in r["verdict"].items() if not v and k != "all"] or [f"errors {r['errors']}"]
         lines.append(
             f"| {r['stack']} | {r['users']} | {r['ok']}/{r['requests']} | {r['start_spread_ms']:.1f} | {e2e} | "
             f"{f(d, 'e2e_p50_pct')} | {f(d, 'ttft_p50_ms')} | {f(d, 'itl_mean_ms', '{:.3f}')} | "

@@ -147,6 +147,8 @@ class StreamProtocol(asyncio.Protocol):
         general parser, which handles every case; this loop only saves its per-line function calls.
         """
         pos, n, find = 0, len(data), data.find
+        now, times = self.now, self.chunk_times
+        special, content = _SPECIAL.search, _CONTENT.search
         while pos < n:
             eol = find(b"\r\n", pos)
             if eol < 0 or eol - pos > 8:
@@ -160,9 +162,12 @@ class StreamProtocol(asyncio.Protocol):
             if size < 9 or stop + 2 > n or data[start:start + 6] != b"data: " or data[stop - 2:stop + 2] != b"\n\n\r\n":
                 break
             payload = data[start + 6:stop - 2]
-            if b"\n" in payload or not _is_plain_token(payload):
-                break
-            self._content()
+            if (b"\n" in payload or payload[:1] != b"{" or payload[-1:] != b"}" or special(payload) is not None
+                    or content(payload) is None):
+                break  # not a plain token chunk (same test as _is_plain_token, inlined: this is the hot loop)
+            if self.first_token is None:
+                self.first_token = now
+            times.append(now)
             pos = stop + 2
         if pos < n:
             self._dechunk(data[pos:] if pos else data)

@@ -76,6 +76,9 @@ def check_install() -> list[str]:
 def uninstall_unneeded(python: str = sys.executable) -> list[str]:
     """Uninstall the UNNEEDED packages that are present; returns the names removed."""
     present = [name for name in UNNEEDED if dist_version(name) is not None]
+    if present and python == sys.executable and importlib.util.find_spec("pip") is None:
+        # uv-made environments have no pip; say what to run instead of a traceback.
+        raise RuntimeError(f"pip is not installed here; run: uv pip uninstall {' '.join(present)}")
     if present:
         subprocess.run([python, "-m", "pip", "uninstall", "-y", *present], check=True)
         importlib.invalidate_caches()
@@ -129,7 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="only report problems, change nothing")
     args = parser.parse_args(argv)
     if not args.check:
-        removed = uninstall_unneeded()
+        try:
+            removed = uninstall_unneeded()
+        except (RuntimeError, subprocess.CalledProcessError) as exc:
+            print(f"could not uninstall: {exc}", file=sys.stderr)
+            return 1
         print(f"removed: {', '.join(removed)}" if removed else "nothing to uninstall")
         written = ensure_vllm_metadata()
         print(f"wrote {written}" if written else "vllm metadata: already present or not needed")

@@ -355,19 +355,21 @@ class LoadRunner:
 
     # ---- prompts --------------------------------------------------------------------------------------
     async def _prompt_factory(self) -> PromptFactory:
+        """Size with the server's /tokenize (it applies the server's own template); else tokenizer_path."""
         if self._factory is None:
             counter: TokenCounter
-            if self.tokenizer_path is not None:
-                counter = LocalTokenizer(self.tokenizer_path, self.api)
-            else:
+            if self._http is None:
                 self._http = httpx.AsyncClient(timeout=httpx.Timeout(60.0),
                                                limits=httpx.Limits(max_connections=32))
-                if not await ServerTokenizer.available(self._http, self.base_url, self.model):
-                    raise RuntimeError(f"{self.base_url} has no working /tokenize; pass tokenizer_path "
-                                       "(a Hugging Face tokenizer directory) to size prompts exactly")
+            if await ServerTokenizer.available(self._http, self.base_url, self.model):
                 counter = ServerTokenizer(self._http, self.base_url, self.model, self.api)
+            elif self.tokenizer_path is not None:
+                counter = LocalTokenizer(self.tokenizer_path, self.api)
+            else:
+                raise RuntimeError(f"{self.base_url} has no working /tokenize; pass tokenizer_path "
+                                   "(a Hugging Face tokenizer directory) to size prompts exactly")
             self._factory = PromptFactory(counter, shared_prefix=self.shared_prefix,
-                                          verify_all=self.tokenizer_path is not None)
+                                          verify_all=isinstance(counter, LocalTokenizer))
         return self._factory
 
 

@@ -238,8 +238,9 @@ class VLLMServer:
 
     @property
     def base_url(self) -> str:
-        """http://HOST:PORT, without /v1."""
-        return f"http://{self.spec.host}:{self.port}"
+        """http://HOST:PORT, without /v1 (a wildcard listen address is reached through 127.0.0.1)."""
+        host = "127.0.0.1" if self.spec.host in ("0.0.0.0", "") else self.spec.host
+        return f"http://{host}:{self.port}"
 
     @property
     def pid(self) -> int | None:
@@ -518,10 +519,10 @@ class AttachedServer:
 
     log_path: Path | None = None
     pid: int | None = None
-    argv: list[str] = []
 
     def __init__(self, base_url: str, model: str | None = None, api_key: str | None = None,
                  timeout_s: float = 10.0) -> None:
+        self.argv: list[str] = []  # we did not launch it
         self.base_url = normalize_base_url(base_url)
         self.port = urllib.parse.urlsplit(self.base_url).port
         self.api_key = api_key

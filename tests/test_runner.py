@@ -198,6 +198,10 @@ def test_real_vllm_tiny_model_exact_sizes(tiny_server: Any) -> None:
     with LoadRunner(tiny_server.base_url, tiny_server.model, progress=False, request_timeout_s=300,
                     server_status=tiny_server.returncode, log_tail=tiny_server.log_tail) as runner:
         cells = runner.run_matrix([4], [31, 296], max_tokens=20)
+    # chat: /tokenize applies the chat template, so the templated prompt is exactly P tokens
+    with LoadRunner(tiny_server.base_url, tiny_server.model, api="chat", progress=False,
+                    request_timeout_s=300) as runner:
+        cells.append(runner.run_cell_kw(2, 64, 20))
     for cell in cells:
         assert cell.ok, cell.error
         assert cell.errors == {}
@@ -205,3 +209,26 @@ def test_real_vllm_tiny_model_exact_sizes(tiny_server: Any) -> None:
             assert r.prompt_tokens == r.expected_prompt_tokens == cell.prompt_tokens
             assert r.output_tokens == 20 and r.chunk_times and r.ttft is not None
         assert cell.stats is not None and cell.stats.prompt_tokens_mismatches == 0
+
+
+def test_without_tokenize_the_local_tokenizer_sizes_prompts(fake_server: FakeServer, tmp_path: Any) -> None:
+    from test_workload import _tokenizer_dir
+
+    def refuse(self: Any, req: dict[str, Any]) -> None:
+        self.reply(404, b'{"error": {"message": "no /tokenize here"}}')
+
+    import pytest_llmload.fakeserver as fs
+
+    original = fs._HTTPServerProtocol.tokenize
+    fs._HTTPServerProtocol.tokenize = refuse  # type: ignore[method-assign]  # as a hosted API: no /tokenize
+    try:
+        with runner_for(fake_server) as runner:
+            assert "no working /tokenize" in (runner.run_cell_kw(1, 16, 2).error or "")
+        with runner_for(fake_server, tokenizer_path=str(_tokenizer_dir(tmp_path))) as runner:
+            cell = runner.run_cell_kw(2, 50, 2)
+    finally:
+        fs._HTTPServerProtocol.tokenize = original  # type: ignore[method-assign]
+    # The fake server counts with its own tokenizer, so sizes differ: recorded and counted, never hidden.
+    assert cell.ok and all(r.expected_prompt_tokens == 50 for r in cell.records)
+    assert cell.stats is not None
+    assert cell.stats.prompt_tokens_mismatches == sum(r.prompt_tokens != 50 for r in cell.records)

@@ -1,0 +1,120 @@
+"""End to end with a real vLLM on the tiny model, the way users run it (pytester subprocesses).
+
+One shared server (conftest `tiny_server`) serves the attach-mode tests; the tests that must start
+or kill a server of their own do so through the plugin, as `pytest suites/` does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["pytester"]
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _leftovers(token: str) -> list[int]:
+    """Processes (other than us) whose environment carries `token`."""
+    sys.path.insert(0, str(REPO))
+    from conftest import processes_with_token  # the repository conftest's leak check
+
+    return [pid for pid, _cmd in processes_with_token(token)]
+
+
+def test_matrix_against_the_shared_server(pytester: pytest.Pytester, tiny_server) -> None:
+    pytester.makepyfile("""
+        import pytest
+
+        def test_cell(llm_cell):
+            assert llm_cell.ok, llm_cell.error
+            assert all(r.prompt_tokens == llm_cell.prompt_tokens for r in llm_cell.records)
+            assert all(r.output_tokens == llm_cell.max_tokens for r in llm_cell.records)
+            assert llm_cell.stats.prompt_tokens_mismatches == 0
+
+        @pytest.mark.llm_slo(users=4, prompt_tokens=296, e2e_p95_s=60, ttft_p99_ms=60000)
+        def test_declared():
+            pass
+    """)
+    result = pytester.runpytest_subprocess(f"--llm-base-url={tiny_server.base_url}", "--llm-users=1,4",
+                                           "--llm-prompt-tokens=31,296", "--llm-max-tokens=16",
+                                           "-p", "no:cacheprovider", "--junitxml=junit.xml")
+    result.assert_outcomes(passed=5)
+    result.stdout.fnmatch_lines(["*Time to resolve*", "*users*31*296*"])
+    report = json.loads((pytester.path / "llmload-report" / "llmload.json").read_text())
+    assert {(c["users"], c["prompt_tokens"]) for c in report["cells"]} == {(1, 31), (4, 31), (1, 296), (4, 296)}
+    assert all(c["ok"] and c["stats"]["requests_ok"] == c["users"] for c in report["cells"])
+    metrics = report["cells"][0]["extra"].get("server_metrics") or {}
+    assert metrics.get("available", True), metrics  # real vLLM serves /metrics
+
+
+def test_plugin_starts_and_stops_vllm_and_marks_cells_that_cannot_run(pytester: pytest.Pytester) -> None:
+    """The default path of `pytest suites/`: the plugin builds the tiny model and starts vLLM itself.
+    A 2193-token prompt does not fit the tiny model's 2048-token context: the study's "-"."""
+    pytester.makepyfile("""
+        def test_cells(llm_matrix, llm_server):
+            assert llm_server.base_url.startswith("http://127.0.0.1:")
+            assert llm_server.log_path.exists()
+            assert llm_matrix.cell(users=2, prompt_tokens=31).ok
+            failed = llm_matrix.cell(users=2, prompt_tokens=2193)
+            assert not failed.ok and failed.errors.get("http_400") == 2, failed
+    """)
+    token = os.environ["LLMLOAD_TEST_RUN"] + "-start"
+    env_before = os.environ.get("LLMLOAD_TEST_RUN")
+    os.environ["LLMLOAD_TEST_RUN"] = token
+    try:
+        result = pytester.runpytest_subprocess("--llm-users=2", "--llm-prompt-tokens=31,2193",
+                                               "--llm-max-tokens=8", "-p", "no:cacheprovider", timeout=600)
+    finally:
+        os.environ["LLMLOAD_TEST_RUN"] = env_before or ""
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*2193*", "*-*"])
+    assert _leftovers(token) == [], "vLLM processes outlived the session"
+
+
+def test_a_server_that_cannot_start_fails_the_session_with_its_log(pytester: pytest.Pytester) -> None:
+    broken = pytester.path / "broken-model"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"architectures": ["NoSuchArchitecture"], "model_type": "nope"}')
+    pytester.makepyfile("""
+        def test_x(llm_load):
+            llm_load(users=1, prompt_tokens=31)
+    """)
+    started = time.monotonic()
+    result = pytester.runpytest_subprocess(f"--llm-model={broken}", "--llm-startup-timeout=240",
+                                           "-p", "no:cacheprovider", timeout=300)
+    assert time.monotonic() - started < 240
+    assert result.ret != 0
+    out = result.stdout.str()
+    assert "could not start the server" in out and "last lines of the server log" in out, out[-3000:]
+
+
+def test_ctrl_c_stops_the_server_and_keeps_partial_results(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("""
+        def test_matrix(llm_matrix):
+            pass
+    """)
+    token = os.environ["LLMLOAD_TEST_RUN"] + "-sigint"
+    env = {**os.environ, "LLMLOAD_TEST_RUN": token}
+    args = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--llm-users=1,2,4,8,16,32,64,128",
+            "--llm-prompt-tokens=31,63,119", "--llm-max-tokens=100"]
+    proc = subprocess.Popen(args, cwd=pytester.path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    report = pytester.path / "llmload-report" / "llmload.json"
+    deadline = time.monotonic() + 400
+    while not report.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.5)  # wait until the first cell is recorded
+    assert report.exists(), "no cell was recorded in time"
+    proc.send_signal(signal.SIGINT)
+    interrupted = time.monotonic()
+    out, _ = proc.communicate(timeout=120)
+    assert time.monotonic() - interrupted < 60, "the session did not end promptly after Ctrl-C"
+    assert proc.returncode == pytest.ExitCode.INTERRUPTED, out.decode()[-2000:]
+    data = json.loads(report.read_text())
+    assert data["cells"] and data["interrupted"] is True
+    assert _leftovers(token) == [], "vLLM processes outlived Ctrl-C"
