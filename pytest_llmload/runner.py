@@ -174,7 +174,9 @@ class LoadRunner:
             n, arrivals = self._request_count(spec)
             prompts = await (await self._prompt_factory()).prompts(spec.prompt_tokens, n)
         except Exception as e:  # noqa: BLE001 - any sizing failure is this cell's error, not the run's
-            return self._failed(spec, f"cannot build prompts of {spec.prompt_tokens} tokens: {e}")
+            # Sizing talks to the server (/tokenize): if it died meanwhile, that is the cause to report.
+            cause = self._death_cause() or f"cannot build prompts of {spec.prompt_tokens} tokens: {e!r}"
+            return self._failed(spec, cause)
         warnings = self._call_observers_before(spec)
         self.progress.start_cell(label, n)
         try:

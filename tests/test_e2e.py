@@ -22,10 +22,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _leftovers(token: str) -> list[int]:
     """Processes (other than us) whose environment carries `token`."""
-    sys.path.insert(0, str(REPO))
-    from conftest import processes_with_token  # the repository conftest's leak check
+    import importlib.util
 
-    return [pid for pid, _cmd in processes_with_token(token)]
+    # The repository conftest's leak check (loaded by path: `conftest` here is tests/conftest.py).
+    spec = importlib.util.spec_from_file_location("llmload_repo_conftest", REPO / "conftest.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return [pid for pid, _cmd in module.processes_with_token(token)]
 
 
 def test_matrix_against_the_shared_server(pytester: pytest.Pytester, tiny_server) -> None:
@@ -118,3 +122,35 @@ def test_ctrl_c_stops_the_server_and_keeps_partial_results(pytester: pytest.Pyte
     data = json.loads(report.read_text())
     assert data["cells"] and data["interrupted"] is True
     assert _leftovers(token) == [], "vLLM processes outlived Ctrl-C"
+
+
+def test_server_killed_mid_cell_fails_the_rest_fast(pytester: pytest.Pytester) -> None:
+    """SIGKILL the API server during a cell: that cell fails with "server died" and the log tail, every
+    later cell fails at once (no timeouts one by one), reports are written, nothing is left running."""
+    pytester.makepyfile("""
+        import os, signal, threading, time
+
+        def test_kill(llm_server, llm_session):
+            llm_session.cached_cell(1, 31)  # warm up before the kill
+            threading.Timer(1.0, os.kill, (llm_server.pid, signal.SIGKILL)).start()
+            started = time.monotonic()
+            llm_session.matrix()
+            elapsed = time.monotonic() - started
+            failed = [c for c in llm_session.run.cells if not c.ok]
+            assert failed and all("server died" in c.error for c in failed), [c.error for c in failed]
+            assert "exit code -9" in failed[0].error
+            cells = [(c.users, c.prompt_tokens, c.ok) for c in llm_session.run.cells]
+            assert len(failed) >= 3 and elapsed < 60, (cells, elapsed)
+    """)
+    token = os.environ["LLMLOAD_TEST_RUN"] + "-kill"
+    env_before = os.environ["LLMLOAD_TEST_RUN"]
+    os.environ["LLMLOAD_TEST_RUN"] = token
+    try:
+        result = pytester.runpytest_subprocess("--llm-users=64,128", "--llm-prompt-tokens=296,480",
+                                               "--llm-max-tokens=100", "-p", "no:cacheprovider", timeout=600)
+    finally:
+        os.environ["LLMLOAD_TEST_RUN"] = env_before
+    result.assert_outcomes(passed=1)
+    report = json.loads((pytester.path / "llmload-report" / "llmload.json").read_text())
+    assert any(not c["ok"] and "server died" in c["error"] for c in report["cells"])
+    assert _leftovers(token) == [], "vLLM processes outlived the killed server"
