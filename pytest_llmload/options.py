@@ -94,6 +94,17 @@ def parse_model(value: str) -> str:
     return str(value).strip()
 
 
+def parse_gate_text(value: str) -> str:
+    """A regression gate such as `e2e_p95:10%` (checked now, used at the end of the session)."""
+    from .baseline import parse_gate  # noqa: PLC0415 - keep option parsing import-light
+
+    try:
+        parse_gate(str(value))
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+    return str(value).strip()
+
+
 def parse_metric_list(value: str) -> tuple[str, ...]:
     """Report metrics, e.g. `e2e,ttft`."""
     items = [v.strip() for v in str(value).split(",") if v.strip()]
@@ -193,7 +204,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("save-baseline", "Save this run as a baseline file.", None, str, "PATH"),
     Option("baseline", "Compare this run against a saved baseline and show per-cell deltas.", None, str, "PATH"),
     Option("compare-fail", "Fail the session on a regression beyond a threshold, e.g. e2e_p95:10% "
-           "(repeatable; higher latency / lower throughput is worse).", (), str, "METRIC:PCT", "append"),
+           "(repeatable; higher latency / lower throughput is worse).", (), parse_gate_text, "METRIC:PCT", "append"),
     Option("compare-force", "Compare with a baseline of another model or layout anyway.", False, None, None,
            "flag"),
     Option("reference", "Print the run beside a reference matrix: a baseline/llmload.json path or a study "
@@ -208,7 +219,8 @@ def _ini_value(option: Option, raw: Any) -> Any:
         return str(raw).strip().lower() in ("1", "true", "yes", "on")
     if option.kind == "append":
         lines = raw if isinstance(raw, list) else str(raw).splitlines()
-        return tuple(line.strip() for line in lines if line.strip())
+        parse = option.parse or str
+        return tuple(parse(line.strip()) for line in lines if line.strip())
     return option.parse(raw) if option.parse else raw
 
 

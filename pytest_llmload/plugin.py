@@ -43,7 +43,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             group.addoption(opt.flag, action="store_true", default=None, dest=opt.dest, help=help_text)
         elif opt.kind == "append":
             group.addoption(opt.flag, action="append", default=None, dest=opt.dest, metavar=opt.metavar,
-                            help=help_text)
+                            type=opt.parse, help=help_text)
         else:
             group.addoption(opt.flag, action="store", default=None, dest=opt.dest, metavar=opt.metavar,
                             type=opt.parse, help=help_text)

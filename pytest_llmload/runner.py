@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import signal
+import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -146,12 +148,22 @@ class LoadRunner:
         self.close()
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run on our loop; on KeyboardInterrupt cancel the cell so that its `finally` closes sockets."""
+        """Run on our loop; on Ctrl-C cancel the cell so that its `finally` closes sockets, then raise
+        KeyboardInterrupt. SIGINT is routed through the loop while it runs: uvloop handles signals in
+        its own callbacks and may log a KeyboardInterrupt raised there instead of propagating it."""
         if self._loop is None:
             self._loop = new_event_loop()
         task = self._loop.create_task(coro)
+        interrupted = False
+
+        def on_sigint() -> None:
+            nonlocal interrupted
+            interrupted = True
+            task.cancel()
+
+        restore = _trap_sigint(self._loop, on_sigint)
         try:
-            return self._loop.run_until_complete(task)
+            result = self._loop.run_until_complete(task)
         except BaseException:
             task.cancel()
             try:
@@ -159,7 +171,15 @@ class LoadRunner:
             except BaseException:  # noqa: BLE001 - the first exception is the one to re-raise
                 pass
             self._abort_all("timeout", "interrupted")
+            if interrupted:
+                raise KeyboardInterrupt from None
             raise
+        finally:
+            restore()
+        if interrupted:  # the cell swallowed the cancellation and finished: still stop the session
+            self._abort_all("timeout", "interrupted")
+            raise KeyboardInterrupt
+        return result
 
     # ---- a cell -------------------------------------------------------------------------------------
     async def arun_cell(self, spec: CellSpec) -> CellResult:
@@ -373,6 +393,26 @@ class LoadRunner:
             self._factory = PromptFactory(counter, shared_prefix=self.shared_prefix,
                                           verify_all=isinstance(counter, LocalTokenizer))
         return self._factory
+
+
+def _trap_sigint(loop: asyncio.AbstractEventLoop, handler: Callable[[], None]) -> Callable[[], None]:
+    """Make SIGINT call `handler` on the loop while it runs; returns the function that undoes it.
+    Only the main thread may set signal handlers; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        loop.add_signal_handler(signal.SIGINT, handler)
+    except (NotImplementedError, RuntimeError, ValueError):  # no signal support on this loop / platform
+        return lambda: None
+
+    def restore() -> None:
+        try:
+            loop.remove_signal_handler(signal.SIGINT)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    return restore
 
 
 def arrival_times(rate: float, duration_s: float, poisson: bool = True, seed: int = 0) -> list[float]:

@@ -36,12 +36,19 @@ class LoadSession:
         self._stack = contextlib.ExitStack()
         self._listeners: list[Callable[[CellResult], None]] = []
         self.report_errors: list[str] = []
+        self._start_error: LLMLoadError | None = None
 
     # --- server ------------------------------------------------------------------------------------
     def start_server(self) -> Any:
         """Start vLLM (or attach to --llm-base-url) once; later calls return the same server."""
+        if self._start_error is not None:
+            raise self._start_error  # a server that failed to start is not started again for every test
         if self.server is None:
-            self.server = self._stack.enter_context(self._server_context())
+            try:
+                self.server = self._stack.enter_context(self._server_context())
+            except LLMLoadError as exc:
+                self._start_error = exc
+                raise
             self.run.environment = self._environment()
         return self.server
 

@@ -169,3 +169,24 @@ def test_regression_gate_fails_the_session(pytester: pytest.Pytester, fake_serve
     fake_server.configure(itl_ms=2)
     same = run(pytester, fake_server, "--llm-baseline=base.json", "--llm-compare-fail=e2e_p50:50%")
     assert same.ret == pytest.ExitCode.OK, same.stdout.str()
+
+
+def test_damaged_baseline_fails_the_session_naming_the_file(pytester: pytest.Pytester,
+                                                            fake_server: FakeServer) -> None:
+    pytester.makepyfile("""
+        def test_cell(llm_load):
+            assert llm_load(users=1, prompt_tokens=31, max_tokens=3).ok
+    """)
+    damaged = pytester.path / "base.json"
+    damaged.write_text('{"schema_version": 1, "cells": [')
+    result = run(pytester, fake_server, "--llm-baseline=base.json", "--llm-compare-fail=e2e_p50:10%")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["*comparing with the baseline*base.json*"])
+    assert damaged.read_text() == '{"schema_version": 1, "cells": ['  # nothing overwritten
+
+
+def test_bad_gate_fails_at_parse_time(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_x(): pass")
+    result = pytester.runpytest_subprocess("--llm-baseline=b.json", "--llm-compare-fail=latency:10%")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--llm-compare-fail*unknown metric 'latency'*"])

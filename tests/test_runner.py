@@ -157,6 +157,21 @@ def test_keyboard_interrupt_closes_every_connection(fake_server: FakeServer) -> 
     assert all_closed(fake_server)
 
 
+def test_a_real_sigint_during_a_cell_raises_keyboard_interrupt(fake_server: FakeServer) -> None:
+    """uvloop handles signals in its own callbacks; a Ctrl-C must still end the run, not be logged away."""
+    import os
+    import signal
+
+    fake_server.configure(fault="hang")
+    threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+    started = time.perf_counter()
+    with runner_for(fake_server) as runner, pytest.raises(KeyboardInterrupt):
+        runner.run_cell_kw(4, 16, 3)
+    assert time.perf_counter() - started < 5
+    assert all_closed(fake_server)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # pytest's handler is back
+
+
 def test_open_loop_constant_rate(fake_server: FakeServer) -> None:
     with runner_for(fake_server) as runner:
         cell = runner.run_open_loop(rate=20, duration_s=1.0, prompt_tokens=16, max_tokens=3, poisson=False)
