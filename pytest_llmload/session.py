@@ -143,9 +143,12 @@ class LoadSession:
             ServerMetricsObserver(server.base_url, api_key=getattr(server, "api_key", None) or self.settings.api_key),
         ]
         facts = self._model_facts()
+        for observer in observers:
+            self._stack.callback(observer.close)  # their threads and HTTP clients end with the session
         if facts is not None:
             observers.append(PhysicalLimitObserver(facts, gpu_indices=gpus,
                                                    tensor_parallel=self.run.environment.get("tensor_parallel_size") or 1))
+            self._stack.callback(observers[-1].close)
         return observers
 
     def _model_facts(self) -> Any:
