@@ -48,7 +48,7 @@ def _fixture(cell: CellResult, environment: dict[str, Any]) -> _CellFixture:
     params: dict[str, Any] = {"users": cell.users, "prompt_tokens": cell.prompt_tokens, "max_tokens": cell.max_tokens}
     if cell.mode == "open":
         params["rate"] = cell.rate
-    extra = {"model": model_name(environment), "metric": "e2e_s"}
+    extra: dict[str, Any] = {"model": model_name(environment), "metric": "e2e_s"}
     if cell.stats is not None:
         extra.update(requests_failed=cell.stats.requests_failed, total_tokens_per_s=cell.stats.total_tokens_per_s)
     name = f"{BENCH_PREFIX}[{param}]"

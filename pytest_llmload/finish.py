@@ -36,12 +36,12 @@ def finish_session(load: LoadSession, config: Any = None) -> bool:
     state.paths = load.write_reports()
     state.problems += load.report_errors
     s = load.settings
-    if s.save_baseline:
-        _guard(state, "saving the baseline", lambda: _save_baseline(load, s.save_baseline))
-    if s.baseline:
-        _guard(state, "comparing with the baseline", lambda: _compare(load, state), fails_gate=True)
-    if s.reference:
-        _guard(state, "reading the reference", lambda: _reference(load, state))
+    if (save_to := s.save_baseline) is not None:
+        _guard(state, "saving the baseline", lambda: _save_baseline(load, save_to))
+    if (baseline := s.baseline) is not None:
+        _guard(state, "comparing with the baseline", lambda: _compare(load, state, baseline), fails_gate=True)
+    if (reference := s.reference) is not None:
+        _guard(state, "reading the reference", lambda: _reference(load, state, reference))
     if config is not None:
         _guard(state, "storing cells for pytest-benchmark", lambda: _bench_export(load, config))
     return state.gate_failed
@@ -62,20 +62,20 @@ def _save_baseline(load: LoadSession, path: str) -> None:
     save_baseline(load.run, path)
 
 
-def _compare(load: LoadSession, state: FinishState) -> None:
+def _compare(load: LoadSession, state: FinishState, baseline_path: str) -> None:
     from .baseline import compare, load_baseline, parse_gate
 
     s = load.settings
     gates = [parse_gate(g) for g in s.compare_fail]
-    baseline = load_baseline(s.baseline)
+    baseline = load_baseline(baseline_path)
     state.comparison = compare(load.run, baseline, gates, force=s.compare_force)
     state.gate_failed = bool(state.comparison.failed)
 
 
-def _reference(load: LoadSession, state: FinishState) -> None:
+def _reference(load: LoadSession, state: FinishState, reference: str) -> None:
     from .reference import reference_from, render_ratio
 
-    state.reference_text = render_ratio(load.run, reference_from(load.settings.reference))
+    state.reference_text = render_ratio(load.run, reference_from(reference))
 
 
 def _bench_export(load: LoadSession, config: Any) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
@@ -47,8 +47,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         else:
             group.addoption(opt.flag, action="store", default=None, dest=opt.dest, metavar=opt.metavar,
                             type=opt.parse, help=help_text)
-        parser.addini(opt.ini, f"{opt.help} (ini mirror of {opt.flag})",
-                      type="linelist" if opt.kind == "append" else "string", default=None)
+        ini_type: Literal["linelist", "string"] = "linelist" if opt.kind == "append" else "string"
+        parser.addini(opt.ini, f"{opt.help} (ini mirror of {opt.flag})", type=ini_type, default=None)
     group.addoption("--llm-list-presets", action="store_true", default=False,
                     help="Show the model presets (model, GPU layout, study table) and exit.")
     parser.addini("llm_slo", "Objectives, one per line: users=32 prompt_tokens=31,63 e2e_p95_s=20",

@@ -127,6 +127,7 @@ def render_ratio(run: RunResult, reference: ReferenceMatrix, fmt: str = "simple"
     title = f"E2E mean{' of ' + model if model else ''} / {reference.description} (< 1: faster than the reference)"
     if not users:
         return f"{title}\n(no closed-loop cells)"
-    rows = [[str(u), *(MISSING if r is None else f"{r:.2f}" for r in row)] for u, row in zip(users, ratios)]
+    rows = [[str(u), *(MISSING if r is None else "" if r != r else f"{r:.2f}" for r in row)]  # NaN: not measured
+            for u, row in zip(users, ratios)]
     headers = ["users \\ prompt tokens", *(str(p) for p in prompts)]
     return f"{title}\n" + tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True, stralign="right")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from objectives import CAPACITY_PROMPT, LATENCY_USERS, SPEED_PROMPT, SPEED_USERS
+from objectives import CAPACITY_PROMPT, LATENCY_USERS, SPEED_PROMPT, SPEED_USERS, STUDY_CHAT_PROMPTS
 
 
-@pytest.mark.parametrize("prompt_tokens", [31, 63, 119, 296, 480, 822])
+@pytest.mark.parametrize("prompt_tokens", STUDY_CHAT_PROMPTS)
 def test_time_to_resolve_at_32_users(llm_load, chat_objectives, prompt_tokens):
     if prompt_tokens not in chat_objectives.latency_prompts:
         pytest.skip(f"the study's configuration did not meet 20 s at {prompt_tokens} tokens either")

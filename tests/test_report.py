@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import csv
 import json
 import random
@@ -48,12 +50,14 @@ def make_run(users=(1, 2, 4), prompts=(31, 296), failed=((4, 296),)) -> RunResul
 
 
 # -------------------------------------------------------------------------------------------- tables
-def test_matrix_rows_users_columns_prompts_none_for_failed_and_missing() -> None:
+def test_matrix_rows_users_columns_prompts_none_for_failed_nan_for_missing() -> None:
     run = make_run()
-    run.cells.pop(0)  # (1, 31) never ran
+    run.cells.pop(0)  # (1, 31) never ran: blank, not the study's "-"
     users, prompts, rows = matrix(run, "e2e", "mean")
     assert users == [1, 2, 4] and prompts == [31, 296]
-    assert rows[0][0] is None and rows[2][1] is None
+    assert math.isnan(rows[0][0]) and rows[2][1] is None  # (4, 296) failed: "-"
+    row_1 = render_matrix(run).splitlines()[3].split()
+    assert row_1[0] == "1" and len(row_1) == 2 and row_1[1] != "-"  # blank for 31, a value for 296
     assert rows[1][0] == pytest.approx(run.cell(2, 31).e2e.mean)
 
 

@@ -7,6 +7,8 @@ converting latencies below a second to milliseconds where that reads better (TTF
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +20,7 @@ from ..results import CellResult, RunResult
 
 STATS = ("p50", "p90", "p95", "p99", "mean", "min", "max")
 MISSING = "-"  # the study's mark for a cell that could not run
+NOT_MEASURED = math.nan  # a cell off the matrix (e.g. an extra 20-user cell): printed blank, not as "-"
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +70,8 @@ def cell_value(cell: CellResult, metric: str, stat: str | None = "mean") -> floa
 
 
 def matrix(run: RunResult, metric: str = "e2e", stat: str | None = "mean") -> Matrix:
-    """(users, prompt sizes, rows): rows[i][j] is the value for users[i] x prompts[j], None = "-".
+    """(users, prompt sizes, rows): rows[i][j] is the value for users[i] x prompts[j]; None = "-" (the cell
+    could not run), NaN = not measured (printed blank, so "-" keeps the study's meaning).
 
     Only closed-loop cells form the matrix; the last measurement of a repeated cell wins.
     """
@@ -80,7 +84,7 @@ def matrix(run: RunResult, metric: str = "e2e", stat: str | None = "mean") -> Ma
             try:
                 row.append(cell_value(run.cell(u, p), metric, stat))
             except KeyError:
-                row.append(None)
+                row.append(NOT_MEASURED)
         rows.append(row)
     return users, prompts, rows
 
@@ -106,6 +110,8 @@ def format_value(value: float | None, metric: str) -> str:
     """A stored SI value printed in the metric's unit and precision, or "-"."""
     if value is None:
         return MISSING
+    if math.isnan(value):
+        return ""
     info = METRICS[metric]
     return f"{value * info.scale:.{info.decimals}f}"
 
