@@ -97,7 +97,7 @@ def render_html(run: RunResult) -> str:
     title = "pytest-llmload report" + (f" — {model}" if model else "")
     sections: list[tuple[str, str, str]] = []  # (anchor, heading, body)
     if run.matrix_axes()[0]:
-        note = '<p>Rows: simultaneous users; columns: prompt tokens; "-": the cell failed or did not run.</p>'
+        note = '<p>Rows: simultaneous users; columns: prompt tokens; "-": the cell could not run (the study&#x27;s mark); blank: not measured.</p>'
         grid = "\n".join(_matrix_html(run, m, s) for m, s in REPORT_MATRICES)
         sections.append(("matrices", "Matrices", f'{note}<div class="grid">{grid}</div>'))
         figures = "\n".join(_figure_html(a, c, d, run) for a, c, d in FIGURES)

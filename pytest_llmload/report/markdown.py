@@ -36,7 +36,8 @@ def render_markdown(run: RunResult) -> str:
     if run.interrupted:
         parts.append("**The run was interrupted: some cells are missing.**\n")
     if run.matrix_axes()[0]:
-        parts.append("## Matrices\n\nRows: simultaneous users; columns: prompt tokens; \"-\": the cell failed or did not run.\n")
+        parts.append("## Matrices\n\nRows: simultaneous users; columns: prompt tokens; \"-\": the cell could not run "
+                     "(the study's mark); blank: not measured.\n")
         parts.extend(_matrix_md(run, m, s) for m, s in REPORT_MATRICES)
     parts.append("## Cells\n\n" + md_table(*summary_table(run)) + "\n")
     for name in section_names(run):

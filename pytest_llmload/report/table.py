@@ -1,7 +1,7 @@
 """The study's tables: rows = simultaneous users, columns = prompt tokens, one statistic per cell.
 
 `matrix` returns the numbers (in the metric's SI unit: seconds, tokens/s); `render_matrix` prints
-them like the study (seconds with one decimal, "-" for a cell that failed or was not measured),
+them like the study (seconds with one decimal, "-" for a cell that could not run, blank for one not measured),
 converting latencies below a second to milliseconds where that reads better (TTFT, ITL, TPOT).
 """
 
