@@ -103,6 +103,10 @@ class Distribution:
     def from_dict(cls, d: dict[str, Any]) -> Distribution:
         return cls(**{f.name: d[f.name] for f in fields(cls)})
 
+    def __repr__(self) -> str:
+        # What pytest prints under a failed `assert result.e2e.p95 < 20`: the whole distribution.
+        return f"<Distribution {self.describe('')}>"
+
     def describe(self, unit: str = "s") -> str:
         """One line for failure messages: `p50 1.23s p90 … max …  (n=32)`."""
         parts = [f"{k} {getattr(self, k):.4g}{unit}" for k in ("p50", "p90", "p95", "p99", "mean", "min", "max")]
@@ -152,7 +156,7 @@ class CellStats:
         return cls(**kw)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class CellResult:
     """One cell: N users x a prompt of P tokens, each generating `max_tokens`.
 
@@ -171,6 +175,11 @@ class CellResult:
     mode: str = "closed"  # "closed" (N users at once) or "open" (fixed request rate)
     rate: float | None = None  # requests/s for open-loop cells
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        # Short, so that a failed plain `assert result.e2e.p95 < 20` names the cell instead of dumping records.
+        state = "ok" if self.ok else f"failed: {self.error}"
+        return f"<CellResult {self.label} ({len(self.records)} requests, {state})>"
 
     # Convenient attribute access for tests: result.e2e.p95, result.ttft.p50, ...
     @property

@@ -68,6 +68,9 @@ def test_plugin_starts_and_stops_vllm_and_marks_cells_that_cannot_run(pytester: 
             assert llm_matrix.cell(users=2, prompt_tokens=31).ok
             failed = llm_matrix.cell(users=2, prompt_tokens=2193)
             assert not failed.ok and failed.errors.get("http_400") == 2, failed
+
+        def test_failing_shows_the_server_log(llm_server):
+            assert False, "deliberately"
     """)
     token = os.environ["LLMLOAD_TEST_RUN"] + "-start"
     env_before = os.environ.get("LLMLOAD_TEST_RUN")
@@ -77,8 +80,8 @@ def test_plugin_starts_and_stops_vllm_and_marks_cells_that_cannot_run(pytester: 
                                                "--llm-max-tokens=8", "-p", "no:cacheprovider", timeout=600)
     finally:
         os.environ["LLMLOAD_TEST_RUN"] = env_before or ""
-    result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["*2193*", "*-*"])
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*llmload: server log (last lines)*", "*2193*", "*-*"])
     assert _leftovers(token) == [], "vLLM processes outlived the session"
 
 

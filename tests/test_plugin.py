@@ -190,3 +190,35 @@ def test_bad_gate_fails_at_parse_time(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_subprocess("--llm-baseline=b.json", "--llm-compare-fail=latency:10%")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--llm-compare-fail*unknown metric 'latency'*"])
+
+
+def test_a_plain_assert_names_the_cell_and_shows_the_distribution(pytester: pytest.Pytester,
+                                                                  fake_server: FakeServer) -> None:
+    pytester.makepyfile("""
+        def test_plain(llm_load):
+            result = llm_load(users=2, prompt_tokens=31, max_tokens=4)
+            assert result.e2e.p95 < 0.001
+    """)
+    result = run(pytester, fake_server)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*assert * < 0.001*",
+                                 "*where * = <Distribution p50 * p95 * (n=2)>.p95*",
+                                 "*where <Distribution * = <CellResult users=2 prompt_tokens=31 max_tokens=4 "
+                                 "(2 requests, ok)>.e2e*"])
+
+
+def test_open_loop_and_capacity_through_the_fixture(pytester: pytest.Pytester, fake_server: FakeServer) -> None:
+    pytester.makepyfile("""
+        def test_open_loop(llm_load):
+            cell = llm_load.open_loop(rate=20, duration_s=1.0, prompt_tokens=31, max_tokens=5, poisson=False)
+            assert cell.ok and cell.mode == "open" and cell.rate == 20
+            assert 18 <= cell.stats.requests_ok <= 22
+
+        def test_capacity(llm_load):
+            # The fake server answers every request in ~30 ms whatever the load: no miss up to the limit.
+            capacity = llm_load.max_users(prompt_tokens=31, max_tokens=5, limit=16, e2e_p95_s=5)
+            assert capacity.max_users == 16 and capacity.first_fail is None
+            assert [p.users for p in capacity.probes] == [1, 2, 4, 8, 16]
+            capacity.assert_at_least(16)
+    """)
+    run(pytester, fake_server).assert_outcomes(passed=2)
