@@ -25,14 +25,11 @@ class FinishState:
     gate_failed: bool = False
 
 
-_STATE: dict[int, FinishState] = {}  # keyed by id(LoadSession): one summary per session
-
-
-def finish_session(load: LoadSession, config: Any = None) -> bool:
-    """Write reports, save the baseline, run the comparison gate. True if the gate failed."""
-    state = _STATE.setdefault(id(load), FinishState())
+def finish_session(load: LoadSession, config: Any = None) -> FinishState:
+    """Write reports, save the baseline, run the comparison gate; `gate_failed` says how it went."""
+    state = FinishState()
     if not load.run.cells:
-        return False
+        return state
     state.paths = load.write_reports()
     state.problems += load.report_errors
     s = load.settings
@@ -44,7 +41,7 @@ def finish_session(load: LoadSession, config: Any = None) -> bool:
         _guard(state, "reading the reference", lambda: _reference(load, state, reference))
     if config is not None:
         _guard(state, "storing cells for pytest-benchmark", lambda: _bench_export(load, config))
-    return state.gate_failed
+    return state
 
 
 def _guard(state: FinishState, what: str, action: Callable[[], None], *, fails_gate: bool = False) -> None:
@@ -84,11 +81,10 @@ def _bench_export(load: LoadSession, config: Any) -> None:
     add_cells_to_benchmark_session(config, load.run)
 
 
-def terminal_summary(load: LoadSession, write_line: Callable[[str], None]) -> None:
+def terminal_summary(load: LoadSession, state: FinishState, write_line: Callable[[str], None]) -> None:
     """The study-style matrices, then comparison, reference, report paths and problems."""
     from .report.table import render_matrix
 
-    state = _STATE.pop(id(load), FinishState())
     if not load.run.cells:
         return
     write_line("")

@@ -287,5 +287,7 @@ class Settings:
         return cls(**values)
 
     def cache_path(self) -> Path:
-        """The cache folder: --llm-cache-dir, else ~/.cache/pytest-llmload."""
-        return Path(self.cache_dir or Path.home() / ".cache" / "pytest-llmload").expanduser()
+        """The cache folder: --llm-cache-dir (or $LLMLOAD_CACHE_DIR), else ~/.cache/pytest-llmload."""
+        from .models import default_cache_dir  # noqa: PLC0415 - models is heavier than option parsing
+
+        return Path(self.cache_dir).expanduser() if self.cache_dir else default_cache_dir()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pytest
 
@@ -26,9 +26,13 @@ from .options import OPTIONS, Settings
 from .results import CellResult, RunResult
 from .session import LoadSession, check_settings
 
+if TYPE_CHECKING:
+    from .finish import FinishState
+
 SESSION_KEY = pytest.StashKey[LoadSession]()
 SETTINGS_KEY = pytest.StashKey[Settings]()
-CELLS_KEY = pytest.StashKey[list[CellResult]]()  # the cells a test measured or read, for its llm_slo marker
+CELLS_KEY = pytest.StashKey[list[CellResult]]()
+FINISH_KEY = pytest.StashKey["FinishState"]()  # the cells a test measured or read, for its llm_slo marker
 
 MARKER_HELP = ("llm_slo(**objectives): objectives checked against the cells the test measured, e.g. "
                "llm_slo(users=32, e2e_p95_s=20); keys: " + slo_mod.KEY_HELP)
@@ -306,7 +310,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> Generator[
     load = session.config.stash.get(SESSION_KEY, None)
     if load is not None:
         load.run.interrupted = exitstatus == pytest.ExitCode.INTERRUPTED
-        if finish_session(load, session.config) and session.exitstatus == pytest.ExitCode.OK:
+        state = session.config.stash[FINISH_KEY] = finish_session(load, session.config)
+        if state.gate_failed and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
     try:
         return (yield)
@@ -319,8 +324,9 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     from .finish import terminal_summary
 
     load = config.stash.get(SESSION_KEY, None)
-    if load is not None:
-        terminal_summary(load, terminalreporter.write_line)
+    state = config.stash.get(FINISH_KEY, None)
+    if load is not None and state is not None:
+        terminal_summary(load, state, terminalreporter.write_line)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
