@@ -84,6 +84,24 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[SESSION_KEY] = LoadSession(settings, rootdir=config.rootpath)
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    _load_session(session.config).progress_stream = _terminal_for_progress(session.config)
+
+
+def _terminal_for_progress(config: pytest.Config) -> Any:
+    """The controlling terminal, when pytest writes to one: pytest captures stdout/stderr during tests,
+    so the progress line goes around it. None (no progress) when output is not a terminal."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None or not reporter._tw.hasmarkup or config.option.capture == "no":
+        return None  # not a terminal (or --color=no); with -s stderr itself is the terminal
+    try:
+        stream = open("/dev/tty", "w")  # noqa: SIM115 - closed with the session
+    except OSError:
+        return None
+    config.add_cleanup(stream.close)
+    return stream
+
+
 def _load_session(config: pytest.Config) -> LoadSession:
     return config.stash[SESSION_KEY]
 

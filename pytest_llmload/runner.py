@@ -19,7 +19,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, TextIO, TypeVar, runtime_checkable
 
 import httpx
 
@@ -74,7 +74,7 @@ class LoadRunner:
     def __init__(self, base_url: str, model: str, *, api_key: str | None = None, api: str = "completions",
                  request_timeout_s: float = 600.0, server_status: Callable[[], int | None] | None = None,
                  log_tail: Callable[[], str] | None = None, observers: Sequence[CellObserver] = (),
-                 progress: bool | None = None, shared_prefix: bool = False,
+                 progress: bool | None = None, progress_stream: TextIO | None = None, shared_prefix: bool = False,
                  tokenizer_path: str | None = None) -> None:
         if api not in ("completions", "chat"):
             raise ValueError(f"api must be 'completions' or 'chat', got {api!r}")
@@ -86,7 +86,7 @@ class LoadRunner:
         self.server_status = server_status
         self.log_tail = log_tail
         self.observers = tuple(observers)
-        self.progress = Progress(enabled=progress)
+        self.progress = Progress(progress_stream, enabled=progress)
         self.shared_prefix = shared_prefix
         self.tokenizer_path = tokenizer_path
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -37,6 +37,9 @@ class LoadSession:
         self._listeners: list[Callable[[CellResult], None]] = []
         self.report_errors: list[str] = []
         self._start_error: LLMLoadError | None = None
+        # Where the progress line goes; None: stderr when it is a terminal. The plugin points it at the
+        # terminal itself, because pytest captures stderr while tests run.
+        self.progress_stream: TextIO | None = None
 
     # --- server ------------------------------------------------------------------------------------
     def start_server(self) -> Any:
@@ -125,6 +128,7 @@ class LoadSession:
             server_status=server.returncode if self.server_started else None,
             log_tail=self.server_log_tail if self.server_started else None,
             observers=self._observers(server), shared_prefix=s.shared_prefix,
+            progress=None if self.progress_stream is None else True, progress_stream=self.progress_stream,
             tokenizer_path=self._tokenizer_path(),
         )
 
