@@ -15,7 +15,6 @@ measured with a server that sends every token at once.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime as dt
 import json
 import os

@@ -14,7 +14,6 @@ Fixtures, from the bottom up (each can be overridden in a user's conftest.py):
 from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import pytest
@@ -27,7 +26,7 @@ from .results import CellResult, RunResult
 from .session import LoadSession, check_settings
 
 if TYPE_CHECKING:
-    from .finish import FinishState
+    from .finish import FinishState  # noqa: F401 - named in the StashKey below
 
 SESSION_KEY = pytest.StashKey[LoadSession]()
 SETTINGS_KEY = pytest.StashKey[Settings]()

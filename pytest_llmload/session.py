@@ -10,9 +10,7 @@ this module imports pytest, so a plain script can drive a whole run the same way
 from __future__ import annotations
 
 import contextlib
-import sys
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import replace
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -24,17 +22,15 @@ from .results import CellResult, CellSpec, RunResult
 class LoadSession:
     """Owns the server, the runner and the run; records every cell and keeps reports up to date."""
 
-    def __init__(self, settings: Settings, *, rootdir: Path | None = None, err: TextIO | None = None) -> None:
+    def __init__(self, settings: Settings, *, rootdir: Path | None = None) -> None:
         self.settings = settings
         self.rootdir = rootdir or Path.cwd()
-        self.err = err or sys.stderr
         self.run = RunResult()
         self.server: Any = None  # VLLMServer or AttachedServer once started
         self.server_started = False  # True when we launched it (then its log is ours to show)
         self.model_choice: Any = None
         self._runner: Any = None
         self._stack = contextlib.ExitStack()
-        self._listeners: list[Callable[[CellResult], None]] = []
         self.report_errors: list[str] = []
         self._start_error: LLMLoadError | None = None
         # Where the progress line goes; None: stderr when it is a terminal. The plugin points it at the
@@ -164,15 +160,9 @@ class LoadSession:
             self.run.environment.setdefault("warnings", []).append(f"physical limit unavailable: {exc}")
             return None
 
-    def add_listener(self, listener: Callable[[CellResult], None]) -> None:
-        """Call `listener(cell)` after every recorded cell (the plugin uses it for progress lines)."""
-        self._listeners.append(listener)
-
     def record(self, cell: CellResult) -> CellResult:
         """Keep a cell in the run and rewrite the partial reports, so nothing is lost if the session dies."""
         self.run.cells.append(cell)
-        for listener in self._listeners:
-            listener(cell)
         self.write_reports(formats=("json", "csv"))
         return cell
 
@@ -244,8 +234,3 @@ def check_settings(settings: Settings) -> None:
                           "--llm-quantization only apply to servers pytest-llmload starts")
     if settings.compare_fail and not settings.baseline:
         raise ConfigError("--llm-compare-fail needs --llm-baseline PATH to compare against")
-
-
-def with_extra(cell: CellResult, **extra: Any) -> CellResult:
-    """A copy of `cell` with more `extra` sections."""
-    return replace(cell, extra={**cell.extra, **extra})
