@@ -12,6 +12,7 @@ import json
 import time
 from typing import Any
 
+from pytest_llmload.client import request_body
 from pytest_llmload.results import RequestRecord
 
 
@@ -51,8 +52,7 @@ async def run_httpx(base_url: str, model: str, prompts: list[str], max_tokens: i
         t0 = time.perf_counter()
 
         async def one(i: int, prompt: str) -> RequestRecord:
-            body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "stream": True,
-                    "ignore_eos": True, "stream_options": {"include_usage": True}}
+            body = request_body("completions", model, prompt, max_tokens)  # the same request as ours
             times: list[float] = []
             usage = None
             start = time.perf_counter()
@@ -80,8 +80,7 @@ async def run_aiohttp(base_url: str, model: str, prompts: list[str], max_tokens:
         t0 = time.perf_counter()
 
         async def one(i: int, prompt: str) -> RequestRecord:
-            body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "stream": True,
-                    "ignore_eos": True, "stream_options": {"include_usage": True}}
+            body = request_body("completions", model, prompt, max_tokens)  # the same request as ours
             times: list[float] = []
             usage = None
             start = time.perf_counter()
