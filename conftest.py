@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,12 @@ def processes_with_token(token: str) -> list[tuple[int, str]]:
         except OSError:  # gone, or not ours to read
             continue
     return found
+
+
+@pytest.fixture(name="processes_with_token")
+def _processes_with_token_fixture() -> Callable[[str], list[tuple[int, str]]]:
+    """`processes_with_token(token)`: for tests that give a subprocess a token of their own."""
+    return processes_with_token
 
 
 @pytest.hookimpl(trylast=True)

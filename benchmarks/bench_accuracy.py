@@ -1,6 +1,6 @@
 """How accurately does the client measure the server? Client numbers vs the fake server's own truth.
 
-The fake server (pytest_llmload.fakeserver, pinned to CPU 1) sends the first token 100 ms after it has
+The fake server (pytest_llmload.testing.fakeserver, pinned to CPU 1) sends the first token 100 ms after it has
 read a request, then one token every 20 ms, 100 tokens, and records for every request when it read it,
 when it wrote each token and when it wrote [DONE] (time.perf_counter: CLOCK_MONOTONIC, the same clock
 as this process). The client runs pinned to CPU 0. For 1, 128 and 1024 simultaneous users and for each
@@ -34,9 +34,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from pytest_llmload import metrics  # noqa: E402
-from pytest_llmload.fakeserver import prompt_key  # noqa: E402
+from pytest_llmload.testing.fakeserver import prompt_key  # noqa: E402
 from pytest_llmload.results import RequestRecord  # noqa: E402
-from pytest_llmload.runner import LoadRunner  # noqa: E402
+from pytest_llmload.load.runner import LoadRunner  # noqa: E402
 
 MODEL = "fake-model"
 TTFT_MS, ITL_MS, TOKENS, PROMPT_TOKENS = 100.0, 20.0, 100, 64
@@ -58,7 +58,7 @@ def http_json(url: str, body: dict[str, Any] | None = None) -> Any:
 
 
 def start_server(port: int) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "pytest_llmload.fakeserver", "--port", str(port), "--ttft-ms", str(TTFT_MS),
+    cmd = [sys.executable, "-m", "pytest_llmload.testing.fakeserver", "--port", str(port), "--ttft-ms", str(TTFT_MS),
            "--itl-ms", str(ITL_MS), "--cpu", str(SERVER_CPU), "--uvloop", "--max-model-len", "100000",
            "--duration-s", "1800"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -12,7 +12,7 @@ import json
 import time
 from typing import Any
 
-from pytest_llmload.client import request_body
+from pytest_llmload.load.client import request_body
 from pytest_llmload.results import RequestRecord
 
 

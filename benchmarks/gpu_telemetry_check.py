@@ -27,7 +27,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from pytest_llmload.results import CellResult, CellSpec, RequestRecord  # noqa: E402
-from pytest_llmload.telemetry import GpuTelemetry, indices_from_cuda_visible_devices  # noqa: E402
+from pytest_llmload.observe.gpu import GpuTelemetry, indices_from_cuda_visible_devices  # noqa: E402
 
 FAKE_TOKENS = 1000
 NO_GPU = 2

@@ -1,7 +1,9 @@
 """pytest-llmload: the performance of an LLM server as pytest assertions.
 
-Data flow (one module each): options -> models/server -> workload/client/runner -> results ->
-metrics -> slo/capacity -> report/baseline. The engine works without pytest:
+Data flow: options -> server/ (which model, launch or attach) -> load/ (prompts, client, runner) ->
+results + metrics (records -> statistics, named by vocabulary) -> observe/ (what the server and GPUs did)
+-> gate/ (capacity, comparisons) + objectives -> report/ -> session/finish -> plugin.
+The engine works without pytest:
 
     from pytest_llmload import LoadRunner, CellSpec
     with LoadRunner("http://127.0.0.1:8000", "my-model") as runner:
@@ -14,37 +16,37 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-from .capacity import CapacityResult, Inconclusive, find_max_users
+from .gate.capacity import CapacityResult, Inconclusive, find_max_users
 from .errors import (
     BaselineMismatchError,
     ConfigError,
     LLMLoadError,
     ReportFileError,
-    ServerDiedError,
     ServerError,
     ServerStartError,
     SLOViolation,
 )
 from .metrics import cell_stats
 from .options import Settings
-from .results import CellResult, CellSpec, CellStats, Distribution, RequestRecord, RunResult
-from .slo import SLO
+from .objectives import SLO
+from .results import CellResult, CellSpec, CellStats, RequestRecord, RunResult
+from .vocabulary import Distribution
 
 __version__ = "0.1.0"
 
 # Heavier modules load on first use so `import pytest_llmload` (done by pytest for every run) stays cheap.
 _LAZY = {
-    "LoadRunner": "runner",
-    "VLLMServer": "server",
-    "AttachedServer": "server",
-    "ServerSpec": "server",
-    "PRESETS": "models",
-    "build_tiny_model": "models",
+    "LoadRunner": "load.runner",
+    "VLLMServer": "server.launch",
+    "AttachedServer": "server.attach",
+    "ServerSpec": "server.spec",
+    "PRESETS": "server.presets",
+    "build_tiny_model": "server.tiny",
     "read_report": "report.json_report",
     "write_reports": "report",
-    "save_baseline": "baseline",
-    "load_baseline": "baseline",
-    "compare": "baseline",
+    "save_baseline": "report.json_report",
+    "load_baseline": "report.json_report",
+    "compare": "gate.compare",
     "LoadSession": "session",
 }
 
@@ -67,7 +69,6 @@ __all__ = [
     "RunResult",
     "SLO",
     "SLOViolation",
-    "ServerDiedError",
     "ServerError",
     "ServerSpec",
     "ServerStartError",

@@ -8,18 +8,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .errors import LLMLoadError
 from .session import LoadSession
+
+if TYPE_CHECKING:
+    from .gate.compare import Comparison
 
 
 @dataclass
 class FinishState:
     """What the summary prints: report paths, the comparison, the reference and any problems."""
 
-    paths: list[Any] = field(default_factory=list)
-    comparison: Any = None
+    paths: list[Path] = field(default_factory=list)
+    comparison: Comparison | None = None
     reference_text: str | None = None
     problems: list[str] = field(default_factory=list)
     gate_failed: bool = False
@@ -54,13 +58,15 @@ def _guard(state: FinishState, what: str, action: Callable[[], None], *, fails_g
 
 
 def _save_baseline(load: LoadSession, path: str) -> None:
-    from .baseline import save_baseline
+    from .report.json_report import save_baseline
 
     save_baseline(load.run, path)
 
 
 def _compare(load: LoadSession, state: FinishState, baseline_path: str) -> None:
-    from .baseline import compare, load_baseline, parse_gate
+    from .gate.compare import compare
+    from .report.json_report import load_baseline
+    from .vocabulary import parse_gate
 
     s = load.settings
     gates = [parse_gate(g) for g in s.compare_fail]
@@ -70,19 +76,20 @@ def _compare(load: LoadSession, state: FinishState, baseline_path: str) -> None:
 
 
 def _reference(load: LoadSession, state: FinishState, reference: str) -> None:
-    from .reference import reference_from, render_ratio
+    from .report.reference import reference_from, render_ratio
 
     state.reference_text = render_ratio(load.run, reference_from(reference))
 
 
 def _bench_export(load: LoadSession, config: Any) -> None:
-    from .bench_export import add_cells_to_benchmark_session
+    from .report.bench_export import add_cells_to_benchmark_session
 
     add_cells_to_benchmark_session(config, load.run)
 
 
 def terminal_summary(load: LoadSession, state: FinishState, write_line: Callable[[str], None]) -> None:
     """The study-style matrices, then comparison, reference, report paths and problems."""
+    from .report.comparison import render_comparison
     from .report.table import render_matrix
 
     if not load.run.cells:
@@ -93,7 +100,7 @@ def terminal_summary(load: LoadSession, state: FinishState, write_line: Callable
             write_line(line)
         write_line("")
     if state.comparison is not None:
-        for line in state.comparison.render().splitlines():
+        for line in render_comparison(state.comparison).splitlines():
             write_line(line)
     if state.reference_text:
         for line in state.reference_text.splitlines():

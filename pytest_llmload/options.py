@@ -2,7 +2,7 @@
 
 Every `parse_*` raises `argparse.ArgumentTypeError`, so a bad command-line value fails at parse time
 with pytest's usage error naming the option. Ini values go through the same parsers in
-`Settings.from_config`, which names the ini key instead (pytest-timeout's `_validate_timeout(value, where)`).
+`Settings.from_values`, which names the ini key instead (pytest-timeout's `_validate_timeout(value, where)`).
 Precedence: command line > environment (only OPENAI_API_KEY / LLMLOAD_* named below) > ini > default.
 """
 
@@ -11,19 +11,16 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
-from urllib.parse import urlparse
+from typing import Any, Protocol
 
 from .errors import ConfigError
-
-T = TypeVar("T")
+from .vocabulary import METRICS, parse_gate
 
 # The reference study's matrix.
 STUDY_USERS = (1, 2, 4, 8, 16, 32, 64, 128)
 STUDY_PROMPT_TOKENS = (31, 63, 119, 296, 480, 822, 2193)
-METRICS = ("e2e", "ttft", "itl", "tpot", "tokens_per_s_per_user", "total_tokens_per_s")
 
 
 def _fail(message: str) -> argparse.ArgumentTypeError:
@@ -76,16 +73,17 @@ def parse_choice(*choices: str) -> Callable[[str], str]:
 
 def parse_base_url(value: str) -> str:
     """An http(s) URL of an OpenAI-compatible server, without a trailing /v1."""
-    url = str(value).strip().rstrip("/")
-    parsed = urlparse(url)
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise _fail(f"{value!r} is not an http(s) URL such as http://127.0.0.1:8000")
-    return url[: -len("/v1")] if url.endswith("/v1") else url
+    from .control import normalize_base_url  # noqa: PLC0415 - httpx loads only when the option is used
+
+    try:
+        return normalize_base_url(str(value))
+    except ConfigError:
+        raise _fail(f"{value!r} is not an http(s) URL such as http://127.0.0.1:8000") from None
 
 
 def parse_model(value: str) -> str:
     """A preset name, a local model folder (with config.json) or a hub id (org/name); checked, not built."""
-    from .models import resolve_model_name  # noqa: PLC0415 - keep option parsing import-light
+    from .server.presets import resolve_model_name  # noqa: PLC0415 - keep option parsing import-light
 
     try:
         resolve_model_name(str(value))
@@ -96,8 +94,6 @@ def parse_model(value: str) -> str:
 
 def parse_gate_text(value: str) -> str:
     """A regression gate such as `e2e_p95:10%` (checked now, used at the end of the session)."""
-    from .baseline import parse_gate  # noqa: PLC0415 - keep option parsing import-light
-
     try:
         parse_gate(str(value))
     except ConfigError as exc:
@@ -122,129 +118,9 @@ def parse_gpus(value: str) -> str:
     return ",".join(items)
 
 
-class _Parser(Protocol):
-    def __call__(self, value: str, /) -> Any: ...
-
-
-@dataclass(frozen=True)
-class Option:
-    """One `--llm-*` option and its ini mirror."""
-
-    name: str  # without the leading dashes and prefix, e.g. "users"
-    help: str
-    default: Any = None
-    parse: _Parser | None = None
-    metavar: str | None = None
-    kind: str = "value"  # "value", "append" or "flag"
-    env: str | None = None
-
-    @property
-    def flag(self) -> str:
-        return f"--llm-{self.name}"
-
-    @property
-    def dest(self) -> str:
-        return f"llm_{self.name.replace('-', '_')}"
-
-    @property
-    def ini(self) -> str:
-        return self.dest
-
-
-OPTIONS: tuple[Option, ...] = (
-    # --- which server
-    Option("model", "Preset name (see --llm-list-presets), hub id, or local model directory.", "tiny",
-           parse_model, "NAME", env="LLMLOAD_MODEL"),
-    Option("base-url", "Attach to an already running OpenAI-compatible server instead of starting vLLM.",
-           None, parse_base_url, "URL", env="LLMLOAD_BASE_URL"),
-    Option("api-key", "API key for --llm-base-url (else $OPENAI_API_KEY). Never written to logs or reports.",
-           None, str, "KEY", env="OPENAI_API_KEY"),
-    Option("served-model-name", "Model name to request (default: the preset's or the server's first model).",
-           None, str, "NAME"),
-    # --- how vLLM is started (mirrors vllm serve flags)
-    Option("tp", "Tensor parallel size (vllm --tensor-parallel-size). Default: the preset's.", None,
-           parse_positive_int, "N"),
-    Option("pp", "Pipeline parallel size (vllm --pipeline-parallel-size). Default: the preset's.", None,
-           parse_positive_int, "N"),
-    Option("gpus", "GPU indices for the server (CUDA_VISIBLE_DEVICES), e.g. 0,1.", None, parse_gpus, "LIST"),
-    Option("quantization", "vllm --quantization, e.g. awq, gptq. Default: the preset's.", None, str, "METHOD"),
-    Option("dtype", "vllm --dtype, e.g. float16, bfloat16. Default: the preset's (float32 on CPU).", None,
-           parse_choice("auto", "half", "float16", "bfloat16", "float", "float32"), "DTYPE"),
-    Option("max-model-len", "vllm --max-model-len (context length). Default: the preset's.", None,
-           parse_positive_int, "TOKENS"),
-    Option("server-arg", "Extra argument passed verbatim to vllm serve (repeatable), e.g. "
-           "--llm-server-arg=--distributed-executor-backend=ray.", (), str, "ARG", "append"),
-    Option("device", "Where vLLM runs: auto (CPU build of vLLM -> cpu), cpu or gpu.", "auto",
-           parse_choice("auto", "cpu", "gpu"), "DEVICE"),
-    Option("host", "Address the started server binds to.", "127.0.0.1", str, "ADDR"),
-    Option("startup-timeout", "Seconds to wait for the started server to become ready.", 600.0,
-           parse_positive_float, "SECONDS"),
-    Option("cache-dir", "Where the tiny model and vLLM's compile cache are kept.", None, str, "DIR",
-           env="LLMLOAD_CACHE_DIR"),
-    # --- the workload
-    Option("users", "Simultaneous users of the matrix, comma-separated.", STUDY_USERS, parse_int_list, "LIST"),
-    Option("prompt-tokens", "Prompt sizes in tokens of the matrix, comma-separated.", STUDY_PROMPT_TOKENS,
-           parse_int_list, "LIST"),
-    Option("max-tokens", "Tokens each request generates (ignore_eos, so exactly this many).", 100,
-           parse_positive_int, "N"),
-    Option("rounds", "Requests each user sends one after another in a cell.", 1, parse_positive_int, "N"),
-    Option("api", "Endpoint: completions (/v1/completions) or chat (/v1/chat/completions).", "completions",
-           parse_choice("completions", "chat"), "API"),
-    Option("request-timeout", "Seconds before one request counts as failed (timeout).", 600.0,
-           parse_positive_float, "SECONDS"),
-    Option("shared-prefix", "Let prompts share a prefix (exercises prefix caching; default: all distinct).",
-           False, None, None, "flag"),
-    Option("telemetry-interval", "Seconds between GPU telemetry samples.", 0.1, parse_positive_float, "SECONDS"),
-    # --- objectives
-    Option("slo-file", "TOML file of objectives ([[slo]] tables) for this deployment.", None, str, "PATH"),
-    # --- reports and gates
-    Option("report-dir", "Folder for llmload.json, CSV, Markdown and report.html.", "llmload-report", str, "DIR"),
-    Option("report-metrics", "Matrices printed at the end of the session.", ("e2e",), parse_metric_list,
-           "LIST"),
-    Option("save-baseline", "Save this run as a baseline file.", None, str, "PATH"),
-    Option("baseline", "Compare this run against a saved baseline and show per-cell deltas.", None, str, "PATH"),
-    Option("compare-fail", "Fail the session on a regression beyond a threshold, e.g. e2e_p95:10% "
-           "(repeatable; higher latency / lower throughput is worse).", (), parse_gate_text, "METRIC:PCT", "append"),
-    Option("compare-force", "Compare with a baseline of another model or layout anyway.", False, None, None,
-           "flag"),
-    Option("reference", "Print the run beside a reference matrix: a baseline/llmload.json path or a study "
-           "table (I..VII).", None, str, "PATH|TABLE"),
-)
-OPTIONS_BY_DEST = {o.dest: o for o in OPTIONS}
-
-
-def _ini_value(option: Option, raw: Any) -> Any:
-    """Convert an ini value (string or list of lines) to what the command line would have produced."""
-    if option.kind == "flag":
-        return str(raw).strip().lower() in ("1", "true", "yes", "on")
-    if option.kind == "append":
-        lines = raw if isinstance(raw, list) else str(raw).splitlines()
-        parse = option.parse or str
-        return tuple(parse(line.strip()) for line in lines if line.strip())
-    return option.parse(raw) if option.parse else raw
-
-
-def resolve(option: Option, cli: Any, ini: Any, environ: dict[str, str]) -> Any:
-    """One option's value: command line > environment > ini > default; errors name where the value came from."""
-    if cli not in (None, (), [], False):
-        return tuple(cli) if option.kind == "append" else cli
-    if option.env and environ.get(option.env):
-        return _parse_from(option, environ[option.env], f"environment variable {option.env}")
-    if ini not in (None, "", []):
-        return _parse_from(option, ini, f"ini option {option.ini}")
-    return option.default
-
-
-def _parse_from(option: Option, raw: Any, where: str) -> Any:
-    try:
-        return _ini_value(option, raw)
-    except argparse.ArgumentTypeError as exc:
-        raise ConfigError(f"{where} (for {option.flag}): {exc}") from None
-
-
 @dataclass(frozen=True)
 class Settings:
-    """Every resolved `--llm-*` option. Built once per session by `from_values`."""
+    """Every resolved `--llm-*` option; its field defaults are the options' defaults (their one home)."""
 
     model: str = "tiny"
     base_url: str | None = None
@@ -283,11 +159,145 @@ class Settings:
                     environ: dict[str, str] | None = None) -> Settings:
         """Resolve all options given getters for command-line and ini values (by dest / ini name)."""
         env = dict(os.environ if environ is None else environ)
-        values = {o.dest[len("llm_"):]: resolve(o, cli(o.dest), ini(o.ini), env) for o in OPTIONS}
+        values = {o.field: resolve(o, cli(o.dest), ini(o.ini), env) for o in OPTIONS}
         return cls(**values)
 
     def cache_path(self) -> Path:
         """The cache folder: --llm-cache-dir (or $LLMLOAD_CACHE_DIR), else ~/.cache/pytest-llmload."""
-        from .models import default_cache_dir  # noqa: PLC0415 - models is heavier than option parsing
+        from .server.tiny import default_cache_dir  # noqa: PLC0415
 
         return Path(self.cache_dir).expanduser() if self.cache_dir else default_cache_dir()
+
+
+_DEFAULTS = {f.name: f.default for f in fields(Settings)}
+
+
+class _Parser(Protocol):
+    def __call__(self, value: str, /) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Option:
+    """One `--llm-*` option and its ini mirror; its default is the `Settings` field of the same name."""
+
+    name: str  # without the leading dashes and prefix, e.g. "users"
+    help: str
+    parse: _Parser | None = None
+    metavar: str | None = None
+    kind: str = "value"  # "value", "append" or "flag"
+    env: str | None = None
+
+    @property
+    def flag(self) -> str:
+        return f"--llm-{self.name}"
+
+    @property
+    def field(self) -> str:
+        """The Settings field."""
+        return self.name.replace("-", "_")
+
+    @property
+    def dest(self) -> str:
+        return f"llm_{self.field}"
+
+    @property
+    def ini(self) -> str:
+        return self.dest
+
+    @property
+    def default(self) -> Any:
+        return _DEFAULTS[self.field]
+
+    @property
+    def help_text(self) -> str:
+        """The help as argparse prints it: argparse %-formats help strings, so a literal % is written %%."""
+        default = "off" if self.kind == "flag" else repr(self.default)
+        return f"{self.help} Default: {default}.".replace("%", "%%")
+
+
+OPTIONS: tuple[Option, ...] = (
+    # --- which server
+    Option("model", "Preset name (see --llm-list-presets), hub id, or local model directory.",
+           parse_model, "NAME", env="LLMLOAD_MODEL"),
+    Option("base-url", "Attach to an already running OpenAI-compatible server instead of starting vLLM.",
+           parse_base_url, "URL", env="LLMLOAD_BASE_URL"),
+    Option("api-key", "API key for --llm-base-url (else $OPENAI_API_KEY). Never written to logs or reports.",
+           str, "KEY", env="OPENAI_API_KEY"),
+    Option("served-model-name", "Model name to request (default: the preset's or the server's first model).",
+           str, "NAME"),
+    # --- how vLLM is started (mirrors vllm serve flags)
+    Option("tp", "Tensor parallel size (vllm --tensor-parallel-size). Default: the preset's.",
+           parse_positive_int, "N"),
+    Option("pp", "Pipeline parallel size (vllm --pipeline-parallel-size). Default: the preset's.",
+           parse_positive_int, "N"),
+    Option("gpus", "GPU indices for the server (CUDA_VISIBLE_DEVICES), e.g. 0,1.", parse_gpus, "LIST"),
+    Option("quantization", "vllm --quantization, e.g. awq, gptq. Default: the preset's.", str, "METHOD"),
+    Option("dtype", "vllm --dtype, e.g. float16, bfloat16. Default: the preset's (float32 on CPU).",
+           parse_choice("auto", "half", "float16", "bfloat16", "float", "float32"), "DTYPE"),
+    Option("max-model-len", "vllm --max-model-len (context length). Default: the preset's.",
+           parse_positive_int, "TOKENS"),
+    Option("server-arg", "Extra argument passed verbatim to vllm serve (repeatable), e.g. "
+           "--llm-server-arg=--distributed-executor-backend=ray.", str, "ARG", "append"),
+    Option("device", "Where vLLM runs: auto (CPU build of vLLM -> cpu), cpu or gpu.",
+           parse_choice("auto", "cpu", "gpu"), "DEVICE"),
+    Option("host", "Address the started server binds to.", str, "ADDR"),
+    Option("startup-timeout", "Seconds to wait for the started server to become ready.",
+           parse_positive_float, "SECONDS"),
+    Option("cache-dir", "Where the tiny model and vLLM's compile cache are kept.", str, "DIR",
+           env="LLMLOAD_CACHE_DIR"),
+    # --- the workload
+    Option("users", "Simultaneous users of the matrix, comma-separated.", parse_int_list, "LIST"),
+    Option("prompt-tokens", "Prompt sizes in tokens of the matrix, comma-separated.", parse_int_list, "LIST"),
+    Option("max-tokens", "Tokens each request generates (ignore_eos, so exactly this many).",
+           parse_positive_int, "N"),
+    Option("rounds", "Requests each user sends one after another in a cell.", parse_positive_int, "N"),
+    Option("api", "Endpoint: completions (/v1/completions) or chat (/v1/chat/completions).",
+           parse_choice("completions", "chat"), "API"),
+    Option("request-timeout", "Seconds before one request counts as failed (timeout).",
+           parse_positive_float, "SECONDS"),
+    Option("shared-prefix", "Let prompts share a prefix (exercises prefix caching; default: all distinct).",
+           kind="flag"),
+    Option("telemetry-interval", "Seconds between GPU telemetry samples.", parse_positive_float, "SECONDS"),
+    # --- objectives
+    Option("slo-file", "TOML file of objectives ([[slo]] tables) for this deployment.", str, "PATH"),
+    # --- reports and gates
+    Option("report-dir", "Folder for llmload.json, CSV, Markdown and report.html.", str, "DIR"),
+    Option("report-metrics", "Matrices printed at the end of the session.", parse_metric_list, "LIST"),
+    Option("save-baseline", "Save this run as a baseline file.", str, "PATH"),
+    Option("baseline", "Compare this run against a saved baseline and show per-cell deltas.", str, "PATH"),
+    Option("compare-fail", "Fail the session on a regression beyond a threshold, e.g. e2e_p95:10% "
+           "(repeatable; higher latency / lower throughput is worse).", parse_gate_text, "METRIC:PCT", "append"),
+    Option("compare-force", "Compare with a baseline of another model or layout anyway.", kind="flag"),
+    Option("reference", "Print the run beside a reference matrix: a baseline/llmload.json path or a study "
+           "table (I..VII).", str, "PATH|TABLE"),
+)
+OPTIONS_BY_DEST = {o.dest: o for o in OPTIONS}
+
+
+def _ini_value(option: Option, raw: Any) -> Any:
+    """Convert an ini value (string or list of lines) to what the command line would have produced."""
+    if option.kind == "flag":
+        return str(raw).strip().lower() in ("1", "true", "yes", "on")
+    if option.kind == "append":
+        lines = raw if isinstance(raw, list) else str(raw).splitlines()
+        parse = option.parse or str
+        return tuple(parse(line.strip()) for line in lines if line.strip())
+    return option.parse(raw) if option.parse else raw
+
+
+def resolve(option: Option, cli: Any, ini: Any, environ: dict[str, str]) -> Any:
+    """One option's value: command line > environment > ini > default; errors name where the value came from."""
+    if cli not in (None, (), [], False):
+        return tuple(cli) if option.kind == "append" else cli
+    if option.env and environ.get(option.env):
+        return _parse_from(option, environ[option.env], f"environment variable {option.env}")
+    if ini not in (None, "", []):
+        return _parse_from(option, ini, f"ini option {option.ini}")
+    return option.default
+
+
+def _parse_from(option: Option, raw: Any, where: str) -> Any:
+    try:
+        return _ini_value(option, raw)
+    except argparse.ArgumentTypeError as exc:
+        raise ConfigError(f"{where} (for {option.flag}): {exc}") from None

@@ -18,15 +18,17 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import pytest
 
-from . import slo as slo_mod
-from .capacity import CapacityResult, Inconclusive, find_max_users
+from . import objectives as slo_mod
 from .errors import ConfigError, LLMLoadError, SLOViolation
+from .gate.capacity import Inconclusive
+from .measure import LoadFixture, Matrix
 from .options import OPTIONS, Settings
-from .results import CellResult, RunResult
+from .results import CellResult
 from .session import LoadSession, check_settings
 
 if TYPE_CHECKING:
     from .finish import FinishState  # noqa: F401 - named in the StashKey below
+    from .server import ServerHandle
 
 SESSION_KEY = pytest.StashKey[LoadSession]()
 SETTINGS_KEY = pytest.StashKey[Settings]()
@@ -41,7 +43,7 @@ MARKER_HELP = ("llm_slo(**objectives): objectives checked against the cells the 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("llmload", "LLM server load testing (pytest-llmload)")
     for opt in OPTIONS:
-        help_text = f"{opt.help} Default: {opt.default!r}."
+        help_text = opt.help_text
         if opt.kind == "flag":
             group.addoption(opt.flag, action="store_true", default=None, dest=opt.dest, help=help_text)
         elif opt.kind == "append":
@@ -62,7 +64,7 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
     """`--llm-list-presets`: print the presets and stop, like `pytest --markers`."""
     if not config.getoption("llm_list_presets", False):
         return None
-    from .models import PRESETS
+    from .server.presets import PRESETS
 
     for name, p in PRESETS.items():
         layout = f"tp={p.tensor_parallel} pp={p.pipeline_parallel} {p.quantization or p.dtype or 'auto'}"
@@ -140,7 +142,7 @@ def llm_session(pytestconfig: pytest.Config) -> LoadSession:
 
 
 @pytest.fixture(scope="session")
-def llm_server(llm_session: LoadSession) -> Iterator[Any]:
+def llm_server(llm_session: LoadSession) -> Iterator[ServerHandle]:
     """The vLLM server for this session: started from --llm-model and the layout options, or attached
     with --llm-base-url. Has `.base_url`, `.model` (the served name) and `.log_path`."""
     try:
@@ -151,81 +153,21 @@ def llm_server(llm_session: LoadSession) -> Iterator[Any]:
     llm_session.close()
 
 
-class LoadFixture:
-    """What `llm_load` is: call it to measure a cell; `.max_users(...)` for capacity; `.open_loop(...)`."""
-
-    def __init__(self, session: LoadSession, sink: list[CellResult]) -> None:
-        self._session = session
-        self._sink = sink
-
-    def __call__(self, users: int, prompt_tokens: int, max_tokens: int | None = None,
-                 rounds: int | None = None) -> CellResult:
-        cell = self._session.run_cell(users, prompt_tokens, max_tokens, rounds)
-        self._sink.append(cell)
-        return cell
-
-    def cached(self, users: int, prompt_tokens: int, max_tokens: int | None = None) -> CellResult:
-        """The cell from this session if it was already measured (e.g. by the matrix), else measure it."""
-        cell = self._session.cached_cell(users, prompt_tokens, max_tokens)
-        self._sink.append(cell)
-        return cell
-
-    def check(self, slo: slo_mod.SLO, cell: CellResult) -> None:
-        """Check a configured SLO against a cell (SLOViolation with cell, metric, observed vs limit)."""
-        slo.check(cell)
-
-    def open_loop(self, rate: float, duration_s: float, prompt_tokens: int, max_tokens: int | None = None,
-                  poisson: bool = True, seed: int = 0) -> CellResult:
-        """Send `rate` requests/s (Poisson or constant) for `duration_s` seconds."""
-        cell = self._session.run_open_loop(rate, duration_s, prompt_tokens, max_tokens, poisson, seed)
-        self._sink.append(cell)
-        return cell
-
-    def max_users(self, slo: slo_mod.SLO | dict[str, Any] | None = None, *, prompt_tokens: int,
-                  max_tokens: int | None = None, start: int = 1, limit: int = 128, margin: float = 0.05,
-                  repeats: int = 2, **objectives: Any) -> CapacityResult:
-        """The largest number of simultaneous users meeting the objective (doubling, then bisecting)."""
-        if not isinstance(slo, slo_mod.SLO):
-            slo = slo_mod.SLO.from_kwargs({**(slo or {}), **objectives}, where="llm_load.max_users()")
-        # Probes are recorded in the run but not handed to the test's llm_slo markers: missing the objective
-        # beyond capacity is what the search is for.
-        return find_max_users(lambda u: self._session.run_cell(u, prompt_tokens, max_tokens), slo,
-                              prompt_tokens=prompt_tokens, start=start, limit=limit, margin=margin, repeats=repeats)
-
-
 @pytest.fixture
-def llm_load(llm_server: Any, llm_session: LoadSession, request: pytest.FixtureRequest) -> LoadFixture:
+def llm_load(llm_server: ServerHandle, llm_session: LoadSession, request: pytest.FixtureRequest) -> LoadFixture:
     """Callable: `llm_load(users=32, prompt_tokens=480, max_tokens=100) -> CellResult`."""
-    return LoadFixture(llm_session, request.node.stash.setdefault(CELLS_KEY, []))
-
-
-class Matrix:
-    """The configured matrix, measured once per session; `cell(users=, prompt_tokens=)` reads one."""
-
-    def __init__(self, session: LoadSession) -> None:
-        self._session = session
-
-    @property
-    def run(self) -> RunResult:
-        return self._session.run
-
-    def cell(self, users: int, prompt_tokens: int) -> CellResult:
-        return self._session.cached_cell(users, prompt_tokens)
-
-    def cells(self) -> list[CellResult]:
-        s = self._session.settings
-        return [self.cell(u, p) for p in s.prompt_tokens for u in s.users]
+    return LoadFixture(llm_session, request.node.stash.setdefault(CELLS_KEY, []).append)
 
 
 @pytest.fixture(scope="session")
-def llm_matrix(llm_server: Any, llm_session: LoadSession) -> Matrix:
+def llm_matrix(llm_server: ServerHandle, llm_session: LoadSession) -> Matrix:
     """Every cell of --llm-users x --llm-prompt-tokens, measured once for the whole session."""
     llm_session.matrix()
     return Matrix(llm_session)
 
 
 @pytest.fixture
-def llm_cell(request: pytest.FixtureRequest, llm_server: Any, llm_session: LoadSession) -> CellResult:
+def llm_cell(request: pytest.FixtureRequest, llm_server: ServerHandle, llm_session: LoadSession) -> CellResult:
     """One cell of the matrix (the test is parametrized over all of them); measured on first use."""
     users, prompt_tokens = request.param
     cell = llm_session.cached_cell(users, prompt_tokens)
@@ -280,10 +222,10 @@ def record_and_check(item: pytest.Item, objective: slo_mod.SLO, cells: list[Cell
         raise SLOViolation("\n".join(messages))
 
 
-def _property_recorder(item: pytest.Item) -> Callable[[slo_mod.SLO, CellResult], None]:
-    """A CHECK_LISTENERS entry putting each observed value into the item's JUnit XML properties."""
+def _property_recorder(item: pytest.Item) -> Callable[[slo_mod.SLO, slo_mod.Judged], None]:
+    """An objectives observer putting each observed value into the item's JUnit XML properties."""
 
-    def record(objective: slo_mod.SLO, cell: CellResult) -> None:
+    def record(objective: slo_mod.SLO, cell: slo_mod.Judged) -> None:
         for obj, observed, _met in objective.evaluate(cell):
             value = "n/a" if observed is None else f"{observed:.6g}"
             item.user_properties.append((f"{obj.property_name}[u{cell.users}-p{cell.prompt_tokens}]", value))
@@ -293,14 +235,10 @@ def _property_recorder(item: pytest.Item) -> Callable[[slo_mod.SLO, CellResult],
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
-    recorder = _property_recorder(item)
-    slo_mod.CHECK_LISTENERS.append(recorder)
-    try:
+    with slo_mod.observing(_property_recorder(item)):
         result = yield
         if any(True for _ in item.iter_markers("llm_slo")):
             check_marker_slos(item)
-    finally:
-        slo_mod.CHECK_LISTENERS.remove(recorder)
     return result
 
 

@@ -12,6 +12,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from .objectives import SLO
+from .vocabulary import DISTRIBUTIONS, METRICS, Distribution, check_stat, metric_named, value_of
+
 # Error kinds a request can fail with. Kept as plain strings so they read well in reports.
 ERROR_KINDS = (
     "http_400",  # the server refused the request (e.g. prompt longer than the context)
@@ -84,36 +87,6 @@ class RequestRecord:
 
 
 @dataclass(frozen=True, slots=True)
-class Distribution:
-    """Summary of a sample: percentiles, mean, extremes and the sample size."""
-
-    p50: float
-    p90: float
-    p95: float
-    p99: float
-    mean: float
-    min: float
-    max: float
-    count: int
-
-    def to_dict(self) -> dict[str, float]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Distribution:
-        return cls(**{f.name: d[f.name] for f in fields(cls)})
-
-    def __repr__(self) -> str:
-        # What pytest prints under a failed `assert result.e2e.p95 < 20`: the whole distribution.
-        return f"<Distribution {self.describe('')}>"
-
-    def describe(self, unit: str = "s") -> str:
-        """One line for failure messages: `p50 1.23s p90 … max …  (n=32)`."""
-        parts = [f"{k} {getattr(self, k):.4g}{unit}" for k in ("p50", "p90", "p95", "p99", "mean", "min", "max")]
-        return "  ".join(parts) + f"  (n={self.count})"
-
-
-@dataclass(frozen=True, slots=True)
 class CellStats:
     """The metrics of one cell, computed from its records by `metrics.cell_stats`."""
 
@@ -131,14 +104,11 @@ class CellStats:
     duration_s: float
     prompt_tokens_mismatches: int = 0  # requests whose usage.prompt_tokens differed from the size asked
 
-    _DISTS = ("e2e", "ttft", "itl", "tpot", "tokens_per_s_per_user")
-    _JSON = {"e2e": "e2e_s", "ttft": "ttft_s", "itl": "itl_s", "tpot": "tpot_s"}
-
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {}
-        for name in self._DISTS:
+        for name in DISTRIBUTIONS:
             dist = getattr(self, name)
-            d[self._JSON.get(name, name)] = None if dist is None else dist.to_dict()
+            d[METRICS[name].key] = None if dist is None else dist.to_dict()
         for name in ("total_tokens_per_s", "requests_per_s", "requests_ok", "requests_failed",
                      "errors", "start_spread_s", "duration_s", "prompt_tokens_mismatches"):
             d[name] = getattr(self, name)
@@ -147,8 +117,8 @@ class CellStats:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CellStats:
         kw: dict[str, Any] = {}
-        for name in cls._DISTS:
-            raw = d.get(cls._JSON.get(name, name))
+        for name in DISTRIBUTIONS:
+            raw = d.get(METRICS[name].key)
             kw[name] = None if raw is None else Distribution.from_dict(raw)
         for f in fields(cls):
             if f.name not in kw and f.name in d:
@@ -161,6 +131,11 @@ class CellResult:
     """One cell: N users x a prompt of P tokens, each generating `max_tokens`.
 
     `ok` is False when the cell could not run or no request succeeded (the study's "-"); `error` says why.
+    `valid` is False when the cell ran but the tool cannot vouch for its numbers (the client was starved,
+    its requests did not start together, client and server disagree); `invalid_reasons` says why. An
+    invalid cell's numbers are kept for diagnosis, never used as a measurement.
+    `t0_monotonic_ns` / `t0_unix_ns` anchor the cell's time zero (record times are relative to it) on
+    CLOCK_MONOTONIC and on the wall clock, read at the same instant, to line records up with server logs.
     `extra` carries optional per-cell sections (GPU telemetry, server /metrics deltas, physical limit,
     warnings) keyed by name, so the core does not depend on the modules that fill them.
     """
@@ -175,6 +150,10 @@ class CellResult:
     mode: str = "closed"  # "closed" (N users at once) or "open" (fixed request rate)
     rate: float | None = None  # requests/s for open-loop cells
     extra: dict[str, Any] = field(default_factory=dict)
+    valid: bool = True
+    invalid_reasons: tuple[str, ...] = ()
+    t0_monotonic_ns: int | None = None
+    t0_unix_ns: int | None = None
 
     def __repr__(self) -> str:
         # Short, so that a failed plain `assert result.e2e.p95 < 20` names the cell instead of dumping records.
@@ -210,6 +189,14 @@ class CellResult:
     def errors(self) -> dict[str, int]:
         return dict(self.stats.errors) if self.stats else {}
 
+    def value(self, metric: str, stat: str | None = "mean") -> float | None:
+        """One statistic of a metric in SI units (`value("e2e", "p95")`); None when the cell failed or the
+        metric is undefined. ConfigError for a name or statistic the vocabulary does not have."""
+        if not self.ok or self.stats is None:
+            check_stat(metric_named(metric), stat)
+            return None
+        return value_of(self.stats, metric, stat)
+
     @property
     def label(self) -> str:
         """How reports and failure messages name the cell."""
@@ -219,8 +206,6 @@ class CellResult:
 
     def assert_slo(self, **limits: float) -> None:
         """Raise `SLOViolation` naming cell, metric, observed value and limit for every missed objective."""
-        from .slo import SLO  # local import: slo depends on results
-
         SLO.from_kwargs(limits, where="assert_slo()").check(self)
 
     def to_dict(self, *, include_records: bool = True) -> dict[str, Any]:
@@ -232,6 +217,10 @@ class CellResult:
             "rate": self.rate,
             "ok": self.ok,
             "error": self.error,
+            "valid": self.valid,
+            "invalid_reasons": list(self.invalid_reasons),
+            "t0_monotonic_ns": self.t0_monotonic_ns,
+            "t0_unix_ns": self.t0_unix_ns,
             "stats": None if self.stats is None else self.stats.to_dict(),
             "extra": self.extra,
         }
@@ -252,6 +241,10 @@ class CellResult:
             mode=d.get("mode", "closed"),
             rate=d.get("rate"),
             extra=dict(d.get("extra") or {}),
+            valid=bool(d.get("valid", True)),
+            invalid_reasons=tuple(d.get("invalid_reasons") or ()),
+            t0_monotonic_ns=d.get("t0_monotonic_ns"),
+            t0_unix_ns=d.get("t0_unix_ns"),
         )
 
 

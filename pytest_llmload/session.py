@@ -12,11 +12,21 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from .errors import ConfigError, LLMLoadError
 from .options import Settings
 from .results import CellResult, CellSpec, RunResult
+
+if TYPE_CHECKING:
+    from .load.runner import CellObserver, LoadRunner
+    from .observe.physical import ModelFacts
+    from .report import ReportWriter
+    from .server import ServerHandle
+    from .server.attach import AttachedServer
+    from .server.launch import VLLMServer
+    from .server.presets import ModelChoice, Preset
+    from .server.spec import ServerSpec
 
 
 class LoadSession:
@@ -26,11 +36,13 @@ class LoadSession:
         self.settings = settings
         self.rootdir = rootdir or Path.cwd()
         self.run = RunResult()
-        self.server: Any = None  # VLLMServer or AttachedServer once started
+        self.server: ServerHandle | None = None  # VLLMServer or AttachedServer once started
         self.server_started = False  # True when we launched it (then its log is ours to show)
-        self.model_choice: Any = None
-        self._runner: Any = None
+        self.model_choice: ModelChoice | None = None
+        self.spec: ServerSpec | None = None  # what we launched (None when attached)
+        self._runner: LoadRunner | None = None
         self._stack = contextlib.ExitStack()
+        self._writer: ReportWriter | None = None
         self.report_errors: list[str] = []
         self._start_error: LLMLoadError | None = None
         # Where the progress line goes; None: stderr when it is a terminal. The plugin points it at the
@@ -38,7 +50,7 @@ class LoadSession:
         self.progress_stream: TextIO | None = None
 
     # --- server ------------------------------------------------------------------------------------
-    def start_server(self) -> Any:
+    def start_server(self) -> ServerHandle:
         """Start vLLM (or attach to --llm-base-url) once; later calls return the same server."""
         if self._start_error is not None:
             raise self._start_error  # a server that failed to start is not started again for every test
@@ -48,22 +60,32 @@ class LoadSession:
             except LLMLoadError as exc:
                 self._start_error = exc
                 raise
-            self.run.environment = self._environment()
+            self.run.environment = self._environment(self.server)
         return self.server
 
-    def _server_context(self) -> contextlib.AbstractContextManager[Any]:
-        from .server import AttachedServer, VLLMServer
+    @property
+    def preset(self) -> Preset | None:
+        """The preset of the model under test (None for a hub id or a folder without one, or attached)."""
+        return None if self.model_choice is None else self.model_choice.preset
+
+    def _server_context(self) -> contextlib.AbstractContextManager[AttachedServer | VLLMServer]:
+        from .server.attach import AttachedServer
+        from .server.launch import VLLMServer
 
         s = self.settings
+        server: AttachedServer | VLLMServer
         if s.base_url:
-            return contextlib.nullcontext(AttachedServer(s.base_url, api_key=s.api_key, model=s.served_model_name))
-        self.server_started = True
-        return VLLMServer(self.server_spec())
+            server = AttachedServer(s.base_url, api_key=s.api_key, model=s.served_model_name)
+        else:
+            self.server_started = True
+            self.spec = self.server_spec()
+            server = VLLMServer(self.spec)
+        return server
 
-    def server_spec(self) -> Any:
+    def server_spec(self) -> ServerSpec:
         """The ServerSpec: the model's preset layout, overridden by every layout option given."""
-        from .models import resolve_model
-        from .server import spec_from_choice
+        from .server.presets import resolve_model
+        from .server.spec import spec_from_choice
 
         s = self.settings
         choice = self.model_choice = resolve_model(s.model, s.cache_path())
@@ -79,47 +101,42 @@ class LoadSession:
         """The last lines of the log of a server we started; empty for attached servers."""
         if self.server is None or not self.server_started:
             return ""
-        try:
-            return str(self.server.log_tail(lines))
-        except OSError:
-            return ""
+        return self.server.log_tail(lines)
 
-    def _environment(self) -> dict[str, Any]:
-        from .environment import collect_environment
+    def _environment(self, server: ServerHandle) -> dict[str, Any]:
+        from .observe.environment import collect_environment
 
-        server = self.server
-        argv = list(getattr(server, "argv", []) or [])
-        env = collect_environment(server=server, model=getattr(server, "model", None), server_args=argv)
-        spec = getattr(server, "spec", None)
+        s, spec = self.settings, self.spec
+        env = collect_environment(server=server, model=server.model)
         # Top-level layout keys: baseline comparisons refuse runs whose model or layout differ.
         env.update({
-            "served_model_name": getattr(server, "model", None),
-            "tensor_parallel_size": getattr(spec, "tensor_parallel", self.settings.tp),
-            "pipeline_parallel_size": getattr(spec, "pipeline_parallel", self.settings.pp),
-            "quantization": getattr(spec, "quantization", self.settings.quantization),
-            "dtype": getattr(spec, "dtype", self.settings.dtype),
-            "gpus_option": self.settings.gpus,
+            "served_model_name": server.model,
+            "tensor_parallel_size": spec.tensor_parallel if spec else s.tp,
+            "pipeline_parallel_size": spec.pipeline_parallel if spec else s.pp,
+            "quantization": spec.quantization if spec else s.quantization,
+            "dtype": spec.dtype if spec else s.dtype,
+            "gpus_option": s.gpus,
+            "model_option": s.model,
+            "workload": {"max_tokens": s.max_tokens, "api": s.api, "rounds": s.rounds,
+                         "shared_prefix": s.shared_prefix},
         })
-        env["model_option"] = self.settings.model
-        env["workload"] = {"max_tokens": self.settings.max_tokens, "api": self.settings.api,
-                           "rounds": self.settings.rounds, "shared_prefix": self.settings.shared_prefix}
         return env
 
     # --- measuring ---------------------------------------------------------------------------------
     @property
-    def runner(self) -> Any:
+    def runner(self) -> LoadRunner:
         """The LoadRunner bound to the server, with telemetry observers; created on first use."""
         if self._runner is None:
             self._runner = self._stack.enter_context(self._make_runner())
         return self._runner
 
-    def _make_runner(self) -> Any:
-        from .runner import LoadRunner
+    def _make_runner(self) -> LoadRunner:
+        from .load.runner import LoadRunner
 
         server = self.start_server()
         s = self.settings
         return LoadRunner(
-            server.base_url, server.model, api_key=getattr(server, "api_key", None) or s.api_key, api=s.api,
+            server.base_url, server.model, api_key=server.api_key or s.api_key, api=s.api,
             request_timeout_s=s.request_timeout,
             server_status=server.returncode if self.server_started else None,
             log_tail=self.server_log_tail if self.server_started else None,
@@ -129,39 +146,40 @@ class LoadSession:
         )
 
     def _tokenizer_path(self) -> str | None:
-        model = getattr(self.model_choice, "model", None)
-        return str(model) if model is not None and Path(str(model)).is_dir() else None
+        model = None if self.model_choice is None else self.model_choice.model
+        return model if model is not None and Path(model).is_dir() else None
 
-    def _observers(self, server: Any) -> list[Any]:
-        from .physical import PhysicalLimitObserver
-        from .server_metrics import ServerMetricsObserver
-        from .telemetry import GpuTelemetry
+    def _observers(self, server: ServerHandle) -> list[CellObserver]:
+        from .observe.gpu import GpuTelemetry
+        from .observe.physical import PhysicalLimitObserver
+        from .observe.server_metrics import ServerMetricsObserver
 
         gpus = None if not self.settings.gpus else [int(g) for g in self.settings.gpus.split(",")]
-        observers: list[Any] = [
+        observers: list[CellObserver] = [
             GpuTelemetry(interval_s=self.settings.telemetry_interval, gpu_indices=gpus),
-            ServerMetricsObserver(server.base_url, api_key=getattr(server, "api_key", None) or self.settings.api_key),
+            ServerMetricsObserver(server.base_url, api_key=server.api_key or self.settings.api_key),
         ]
         facts = self._model_facts()
+        if facts is not None:
+            tp = self.spec.tensor_parallel if self.spec else (self.settings.tp or 1)
+            observers.append(PhysicalLimitObserver(facts, gpu_indices=gpus, tensor_parallel=tp))
         for observer in observers:
             self._stack.callback(observer.close)  # their threads and HTTP clients end with the session
-        if facts is not None:
-            observers.append(PhysicalLimitObserver(facts, gpu_indices=gpus,
-                                                   tensor_parallel=self.run.environment.get("tensor_parallel_size") or 1))
-            self._stack.callback(observers[-1].close)
         return observers
 
-    def _model_facts(self) -> Any:
-        from .physical import model_facts_for
+    def _model_facts(self) -> ModelFacts | None:
+        from .observe.physical import model_facts_for
 
+        if self.model_choice is None:
+            return None
         try:
-            return model_facts_for(self.model_choice, self.settings)
+            return model_facts_for(self.model_choice, self.settings.quantization, self.settings.dtype)
         except Exception as exc:  # noqa: BLE001 - the physical limit is a report section, never a failure
             self.run.environment.setdefault("warnings", []).append(f"physical limit unavailable: {exc}")
             return None
 
     def record(self, cell: CellResult) -> CellResult:
-        """Keep a cell in the run and rewrite the partial reports, so nothing is lost if the session dies."""
+        """Keep a cell in the run and update the partial reports, so nothing is lost if the session dies."""
         self.run.cells.append(cell)
         self.write_reports(formats=("json", "csv"))
         return cell
@@ -179,6 +197,10 @@ class LoadSession:
         cell = self.runner.run_open_loop(rate, duration_s, prompt_tokens,
                                          max_tokens or self.settings.max_tokens, poisson=poisson, seed=seed)
         return self.record(cell)
+
+    def warm_up(self, prompt_tokens: int = 31, max_tokens: int = 8) -> CellResult:
+        """One request that is not recorded: loads caches and code paths before the first measurement."""
+        return self.runner.run_cell(CellSpec(users=1, prompt_tokens=prompt_tokens, max_tokens=max_tokens))
 
     def cached_cell(self, users: int, prompt_tokens: int, max_tokens: int | None = None) -> CellResult:
         """The cell from this run if already measured, else measure it now."""
@@ -201,12 +223,14 @@ class LoadSession:
 
     def write_reports(self, formats: Sequence[str] = ("json", "csv", "md", "html")) -> list[Path]:
         """Write the reports; a format that fails is noted, never raised, so the others still land."""
-        from .report import ReportWriteError, write_reports
+        from .report import ReportWriteError, ReportWriter
 
         if not self.run.cells and not self.run.environment:
             return []
+        if self._writer is None:
+            self._writer = ReportWriter(self.report_dir())
         try:
-            return write_reports(self.run, self.report_dir(), formats=tuple(formats))
+            return self._writer.write(self.run, formats=tuple(formats))
         except ReportWriteError as exc:
             self.report_errors.append(str(exc))
             return exc.written

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pytest_llmload.reference import ReferenceMatrix, load_study_tables
+from pytest_llmload.report.reference import ReferenceMatrix, load_study_tables
 
 STUDY_REFERENCE_TABLE = "I"  # Mistral-7B on 2x V100: the scale reference for machines without a table
 LATENCY_USERS, LATENCY_LIMIT_S = 32, 20.0

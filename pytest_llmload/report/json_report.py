@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -78,9 +79,51 @@ def write_json(run: RunResult, path: Path | str) -> Path:
     refuse_foreign(path)
     sidecar_text = records_lines(run)
     atomic_write_text(path.with_name(RECORDS_NAME), sidecar_text)
+    return _write_summary(run, path, hashlib.sha256(sidecar_text.encode("utf-8")).hexdigest())
+
+
+def _write_summary(run: RunResult, path: Path, records_sha256: str) -> Path:
     doc = run_document(run, records=RECORDS_NAME)
-    doc["records_sha256"] = hashlib.sha256(sidecar_text.encode("utf-8")).hexdigest()
+    doc["records_sha256"] = records_sha256
     return atomic_write_text(path, dumps(doc) + "\n")
+
+
+class GrowingReport:
+    """llmload.json and its sidecar for a run that grows cell by cell (the session's partial reports).
+
+    Each cell's records are appended to `requests.jsonl` once (and fsynced), instead of rewriting every
+    record after every cell; the small summary is rewritten atomically. A run that is not the same run
+    grown (a cell replaced or removed) is written whole again.
+    """
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._cells: list[int] = []  # id() of the cells whose records are in the sidecar, in order
+        self._sha = hashlib.sha256()
+
+    def write(self, run: RunResult) -> Path:
+        refuse_foreign(self.path)
+        if [id(c) for c in run.cells[: len(self._cells)]] != self._cells or not self.path.exists():
+            self._restart()
+        new = run.cells[len(self._cells):]
+        text = "".join(dumps({"cell": i, **r.to_dict()}, indent=None) + "\n"
+                       for i, c in enumerate(new, start=len(self._cells)) for r in c.records)
+        self._append(text)
+        self._cells += [id(c) for c in new]
+        return _write_summary(run, self.path, self._sha.hexdigest())
+
+    def _restart(self) -> None:
+        self._cells, self._sha = [], hashlib.sha256()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.with_name(RECORDS_NAME).write_bytes(b"")
+
+    def _append(self, text: str) -> None:
+        data = text.encode("utf-8")
+        with open(self.path.with_name(RECORDS_NAME), "ab") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        self._sha.update(data)
 
 
 def write_inline(run: RunResult, path: Path | str) -> Path:
@@ -88,6 +131,19 @@ def write_inline(run: RunResult, path: Path | str) -> Path:
     path = Path(path)
     refuse_foreign(path)
     return atomic_write_text(path, dumps(run_document(run, records="inline")) + "\n")
+
+
+def save_baseline(run: RunResult, path: Path | str) -> Path:
+    """Write `run` as a baseline: the llmload.json layout with the per-request records inline.
+
+    Refuses (ReportFileError) to replace an existing file that is not a pytest-llmload file.
+    """
+    return write_inline(run, path)
+
+
+def load_baseline(path: Path | str) -> RunResult:
+    """Read a baseline (or an llmload.json with its requests.jsonl); ReportFileError if it is damaged."""
+    return read_report(path)
 
 
 # ---------------------------------------------------------------------------------------------- reading

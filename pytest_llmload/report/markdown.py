@@ -19,8 +19,8 @@ def _md_escape(cell: str) -> str:
 
 def md_table(headers: list[str], rows: list[list[str]]) -> str:
     """A GitHub-flavoured Markdown table of strings (escaped; tabulate does not escape)."""
-    return tabulate([[_md_escape(c) for c in r] for r in rows], headers=[_md_escape(h) for h in headers],
-                    tablefmt="github", disable_numparse=True)
+    return str(tabulate([[_md_escape(c) for c in r] for r in rows], headers=[_md_escape(h) for h in headers],
+                        tablefmt="github", disable_numparse=True))
 
 
 def _matrix_md(run: RunResult, metric: str, stat: str | None) -> str:

@@ -88,7 +88,8 @@ def e2e_heatmap(run: RunResult) -> bytes | None:
     users, prompts, rows = matrix(run, "e2e", "mean")
     if not any(v is not None for row in rows for v in row):
         return None
-    data = np.ma.masked_invalid(np.array([[math.nan if v is None else v for v in row] for row in rows]))
+    values = np.array([[math.nan if v is None else v for v in row] for row in rows])
+    data = np.ma.masked_invalid(values)  # type: ignore[no-untyped-call]
     fig, (ax,) = _figure(1.2 + 0.9 * len(prompts), 1.2 + 0.5 * len(users))
     image = ax.imshow(data, cmap="viridis", aspect="auto")
     ax.set_xticks(range(len(prompts)), [str(p) for p in prompts])

@@ -10,63 +10,17 @@ from __future__ import annotations
 import math
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from tabulate import tabulate
 
-from ..errors import ConfigError
 from ..results import CellResult, RunResult
+from ..vocabulary import METRICS, check_stat, metric_named
 
-STATS = ("p50", "p90", "p95", "p99", "mean", "min", "max")
 MISSING = "-"  # the study's mark for a cell that could not run
 NOT_MEASURED = math.nan  # a cell off the matrix (e.g. an extra 20-user cell): printed blank, not as "-"
 
-
-@dataclass(frozen=True, slots=True)
-class MetricInfo:
-    """How a metric is titled and printed. `scale` converts the stored SI value to the printed unit."""
-
-    title: str
-    unit: str
-    scale: float = 1.0
-    decimals: int = 1
-    higher_is_better: bool = False
-    scalar: bool = False  # one number per cell (no distribution, so no stat)
-
-
-METRICS: dict[str, MetricInfo] = {
-    "e2e": MetricInfo("Time to resolve (s), E2E", "s"),
-    "ttft": MetricInfo("Time to first token (ms), TTFT", "ms", scale=1000.0, decimals=0),
-    "itl": MetricInfo("Inter-token latency (ms), ITL", "ms", scale=1000.0),
-    "tpot": MetricInfo("Time per output token (ms), TPOT", "ms", scale=1000.0),
-    "tokens_per_s_per_user": MetricInfo("Tokens/s per user", "tok/s", higher_is_better=True),
-    "total_tokens_per_s": MetricInfo("Total tokens/s", "tok/s", higher_is_better=True, scalar=True),
-    "requests_per_s": MetricInfo("Requests/s", "req/s", decimals=2, higher_is_better=True, scalar=True),
-}
-
 Matrix = tuple[list[int], list[int], list[list[float | None]]]
-
-
-def check_metric(metric: str, stat: str | None) -> MetricInfo:
-    """The metric's info; ConfigError naming the bad metric or statistic."""
-    info = METRICS.get(metric)
-    if info is None:
-        raise ConfigError(f"unknown metric {metric!r}; expected one of {', '.join(METRICS)}")
-    if not info.scalar and stat not in STATS:
-        raise ConfigError(f"unknown statistic {stat!r} for {metric}; expected one of {', '.join(STATS)}")
-    return info
-
-
-def cell_value(cell: CellResult, metric: str, stat: str | None = "mean") -> float | None:
-    """One statistic of one cell in SI units; None when the cell failed or the metric is undefined."""
-    info = check_metric(metric, stat)
-    if not cell.ok or cell.stats is None:
-        return None
-    if info.scalar:
-        return float(getattr(cell.stats, metric))
-    dist = getattr(cell.stats, metric)
-    return None if dist is None else float(getattr(dist, str(stat)))
 
 
 def matrix(run: RunResult, metric: str = "e2e", stat: str | None = "mean") -> Matrix:
@@ -75,14 +29,14 @@ def matrix(run: RunResult, metric: str = "e2e", stat: str | None = "mean") -> Ma
 
     Only closed-loop cells form the matrix; the last measurement of a repeated cell wins.
     """
-    check_metric(metric, stat)
+    check_stat(metric_named(metric), stat)
     users, prompts = run.matrix_axes()
     rows: list[list[float | None]] = []
     for u in users:
         row: list[float | None] = []
         for p in prompts:
             try:
-                row.append(cell_value(run.cell(u, p), metric, stat))
+                row.append(run.cell(u, p).value(metric, stat))
             except KeyError:
                 row.append(NOT_MEASURED)
         rows.append(row)
@@ -100,8 +54,8 @@ def model_name(environment: dict[str, Any]) -> str:
 
 def matrix_title(run: RunResult, metric: str, stat: str | None) -> str:
     """E.g. 'Time to resolve (s), E2E mean — model X'."""
-    info = check_metric(metric, stat)
-    title = info.title if info.scalar else f"{info.title} {stat}"
+    m = metric_named(metric)
+    title = m.title if check_stat(m, stat) is None else f"{m.title} {stat}"
     model = model_name(run.environment)
     return f"{title} — model {model}" if model else title
 
@@ -112,8 +66,7 @@ def format_value(value: float | None, metric: str) -> str:
         return MISSING
     if math.isnan(value):
         return ""
-    info = METRICS[metric]
-    return f"{value * info.scale:.{info.decimals}f}"
+    return METRICS[metric].format(value)
 
 
 def formatted_rows(users: Sequence[int], rows: Sequence[Sequence[float | None]], metric: str) -> list[list[str]]:
@@ -135,8 +88,8 @@ def render_matrix(run: RunResult, metric: str = "e2e", stat: str | None = "mean"
 
 
 # The per-cell summary every report format shares: (column title, function of the cell).
-def _dist_cell(metric: str, stat: str) -> Any:
-    return lambda c: format_value(cell_value(c, metric, stat), metric)
+def _dist_cell(name: str, stat: str) -> Any:
+    return lambda c: format_value(c.value(name, stat), name)
 
 
 SUMMARY_COLUMNS: list[tuple[str, Any]] = [
@@ -149,7 +102,7 @@ SUMMARY_COLUMNS: list[tuple[str, Any]] = [
     ("TTFT p95 (ms)", _dist_cell("ttft", "p95")),
     ("TPOT mean (ms)", _dist_cell("tpot", "mean")),
     ("tok/s/user mean", _dist_cell("tokens_per_s_per_user", "mean")),
-    ("total tok/s", lambda c: format_value(cell_value(c, "total_tokens_per_s", None), "total_tokens_per_s")),
+    ("total tok/s", lambda c: format_value(c.value("total_tokens_per_s", None), "total_tokens_per_s")),
     ("start spread (s)", lambda c: f"{c.stats.start_spread_s:.3f}" if c.stats else MISSING),
     ("errors", lambda c: describe_errors(c)),
 ]
@@ -173,4 +126,4 @@ def summary_table(run: RunResult) -> tuple[list[str], list[list[str]]]:
 def render_summary(run: RunResult, fmt: str = "simple") -> str:
     """The per-cell summary as a text table."""
     headers, rows = summary_table(run)
-    return tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True)
+    return str(tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True))

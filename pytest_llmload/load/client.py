@@ -1,0 +1,500 @@
+"""One streaming request -> one RequestRecord: a raw asyncio HTTP/1.1 client that measures the server.
+
+Why not httpx or aiohttp: the benchmark (`benchmarks/README.md`) measured them against this client on
+one core at 1024 simultaneous streams; their per-chunk overhead (and httpx's default connection pool)
+shows up as latency that the server never had. Here every chunk is timestamped in `data_received`
+before anything else runs, and the common token chunk is recognised by a few byte searches instead of
+a full JSON decode; chunks that may carry `usage`, an error, a finish reason or a role are decoded in
+full, as is anything that does not look like a JSON object.
+
+One connection per request (`Connection: close`): N simultaneous users are N connections, and the
+runner opens them all before it writes the first request (`StreamRequest.connect`, then `send`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import socket
+import ssl as _ssl
+import time
+from dataclasses import dataclass
+from typing import Any, cast
+from urllib.parse import urlsplit
+
+from ..control import normalize_base_url
+from ..results import RequestRecord
+
+MAX_ERROR_BODY = 64 * 1024  # bytes of an error response we keep reading for the detail
+DETAIL_CHARS = 500
+
+# A payload that may carry usage, an error, the end or a role is decoded in full; the plain token chunk
+# (the other 99 %) is recognised by two regex searches. Unescaped `"key":` cannot occur inside a JSON
+# string (its quotes would be escaped), so these cannot be fooled by generated text.
+_SPECIAL = re.compile(rb'"(?:usage"\s*:\s*\{|error"|finish_reason"\s*:\s*"|role"|object"\s*:\s*"error)')
+_CONTENT = re.compile(rb'"(?:text|content|reasoning_content|reasoning)"\s*:\s*"[^"]')
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where requests go: host, port, TLS, the path prefix of the base URL, and the headers to send."""
+
+    host: str
+    port: int
+    tls: bool
+    prefix: str
+    host_header: str
+    api_key: str | None = None
+
+    @classmethod
+    def from_url(cls, base_url: str, api_key: str | None = None) -> Endpoint:
+        """`http://127.0.0.1:8000` or `.../v1` (a trailing `/v1` is dropped: paths add it)."""
+        u = urlsplit(normalize_base_url(base_url))
+        assert u.hostname is not None  # normalize_base_url checked it
+        tls = u.scheme == "https"
+        return cls(u.hostname, u.port or (443 if tls else 80), tls, u.path, u.netloc, api_key)
+
+
+def request_body(api: str, model: str, prompt: str, max_tokens: int) -> dict[str, Any]:
+    """The JSON body of one streamed generation request: exactly `max_tokens` tokens, usage at the end."""
+    body: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "stream": True, "ignore_eos": True,
+                            "stream_options": {"include_usage": True}}
+    if api == "chat":
+        body["messages"] = [{"role": "user", "content": prompt}]
+    elif api == "completions":
+        body["prompt"] = prompt
+    else:
+        raise ValueError(f"api must be 'completions' or 'chat', got {api!r}")
+    return body
+
+
+def api_path(api: str) -> str:
+    return "/v1/chat/completions" if api == "chat" else "/v1/completions"
+
+
+def http_request(endpoint: Endpoint, path: str, body: dict[str, Any]) -> bytes:
+    """The bytes of a POST with a JSON body, built once so that sending is a single write."""
+    data = json.dumps(body, separators=(",", ":")).encode()
+    auth = f"authorization: Bearer {endpoint.api_key}\r\n" if endpoint.api_key else ""
+    head = (f"POST {endpoint.prefix}{path} HTTP/1.1\r\nhost: {endpoint.host_header}\r\n"
+            f"content-type: application/json\r\naccept: text/event-stream\r\n{auth}"
+            f"content-length: {len(data)}\r\nconnection: close\r\n\r\n")
+    return head.encode() + data
+
+
+def error_kind(status: int) -> str:
+    """ERROR_KINDS name of an HTTP status."""
+    if status in (400, 404, 429):
+        return f"http_{status}"
+    return "http_5xx" if 500 <= status < 600 else "http_other"
+
+
+class StreamProtocol(asyncio.Protocol):
+    """Parses one HTTP/1.1 response (chunked, Content-Length or until close) carrying SSE events."""
+
+    def __init__(self, done: asyncio.Future[None]) -> None:
+        self.done = done
+        self.transport: asyncio.Transport | None = None
+        self.now = 0.0  # arrival time of the data being parsed
+        self.start: float | None = None
+        self.end: float | None = None
+        self.first_token: float | None = None
+        self.chunk_times: list[float] = []
+        self.prompt_tokens: int | None = None
+        self.output_tokens: int | None = None
+        self.status: int | None = None
+        self.error: str | None = None
+        self.detail: str | None = None
+        self.saw_done = False
+        self._head = b""
+        self._chunked = False
+        self._length: int | None = None  # Content-Length of the body, if given
+        self._body_seen = 0
+        self._raw = b""  # undecoded chunked framing
+        self._need = -1  # bytes of chunk data still expected (-1: expecting a size line)
+        self._sse = b""  # body bytes not yet split into lines
+        self._data: list[bytes] = []  # `data:` lines of the event being read
+        self._err_body = bytearray()
+
+    # ---- asyncio callbacks ---------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        self.now = time.perf_counter()  # first thing: the arrival time is what we measure
+        if self.end is not None:
+            return
+        if self.status is None:
+            data = self._read_head(data)
+            if not data:
+                return
+        if not self._chunked:
+            self._body(data)
+        elif self._need < 0 and not self._raw and not self._sse and not self._data:
+            self._fast_chunks(data)
+        else:
+            self._dechunk(data)
+
+    def _fast_chunks(self, data: bytes) -> None:
+        """The hot path: whole HTTP chunks that each hold one plain token event (vLLM sends exactly that).
+
+        Anything else (a split chunk, [DONE], usage, several lines) goes, from that point on, to the
+        general parser, which handles every case; this loop only saves its per-line function calls.
+        """
+        pos, n, find = 0, len(data), data.find
+        now, times = self.now, self.chunk_times
+        special, content = _SPECIAL.search, _CONTENT.search
+        while pos < n:
+            eol = find(b"\r\n", pos)
+            if eol < 0 or eol - pos > 8:
+                break
+            try:
+                size = int(data[pos:eol], 16)
+            except ValueError:
+                break
+            start = eol + 2
+            stop = start + size
+            if size < 9 or stop + 2 > n or data[start:start + 6] != b"data: " or data[stop - 2:stop + 2] != b"\n\n\r\n":
+                break
+            payload = data[start + 6:stop - 2]
+            if (b"\n" in payload or payload[:1] != b"{" or payload[-1:] != b"}" or special(payload) is not None
+                    or content(payload) is None):
+                break  # not a plain token chunk (same test as _is_plain_token, inlined: this is the hot loop)
+            if self.first_token is None:
+                self.first_token = now
+            times.append(now)
+            pos = stop + 2
+        if pos < n:
+            self._dechunk(data[pos:] if pos else data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.now = time.perf_counter()
+        if self.end is not None:
+            return
+        if self.status is None:
+            self.fail("connect", f"connection closed before a response: {exc or 'EOF'}")
+        elif self.status != 200:
+            self._finish_http_error()
+        else:
+            if self._sse.strip():  # a last event without its blank line
+                self._body(b"\n\n")
+            if self.end is None:
+                self.fail("incomplete_stream", f"stream ended without [DONE]: {exc or 'EOF'}")
+
+    # ---- HTTP framing --------------------------------------------------------------------------------
+    def _read_head(self, data: bytes) -> bytes:
+        """Accumulate the status line and headers; returns the body bytes that followed them."""
+        self._head += data
+        i = self._head.find(b"\r\n\r\n")
+        if i < 0:
+            if len(self._head) > 65536:
+                self.fail("malformed_sse", "response headers larger than 64 KiB")
+            return b""
+        head, rest = self._head[:i].decode("latin-1"), self._head[i + 4:]
+        self._head = b""
+        lines = head.split("\r\n")
+        try:
+            self.status = int(lines[0].split(" ", 2)[1])
+        except (IndexError, ValueError):
+            self.fail("malformed_sse", f"bad status line {lines[0]!r}")
+            return b""
+        for line in lines[1:]:
+            k, _, v = line.partition(":")
+            k = k.strip().lower()
+            if k == "transfer-encoding" and "chunked" in v.lower():
+                self._chunked = True
+            elif k == "content-length":
+                self._length = int(v.strip() or 0)
+        if self.status != 200 and self._length == 0:
+            self._finish_http_error()
+            return b""
+        return rest
+
+    def _dechunk(self, data: bytes) -> None:
+        """Strip chunked framing; chunk boundaries may fall anywhere in `data`."""
+        raw = self._raw + data if self._raw else data
+        pos, n = 0, len(raw)
+        while pos < n and self.end is None:
+            if self._need < 0:
+                eol = raw.find(b"\r\n", pos)
+                if eol < 0:
+                    break
+                try:
+                    size = int(raw[pos:eol].split(b";", 1)[0], 16)
+                except ValueError:
+                    self.fail("malformed_sse", f"bad chunk size line {raw[pos:eol][:40]!r}")
+                    return
+                pos = eol + 2
+                if size == 0:  # last chunk: the body is complete
+                    self._body(b"\n\n" if self._sse.strip() else b"")
+                    self._body_complete()
+                    return
+                self._need = size + 2  # data and its CRLF
+            need = self._need
+            take = min(need, n - pos)
+            data_take = min(take, max(0, need - 2))  # the chunk's CRLF is framing, not data
+            if data_take:
+                self._body(raw[pos:pos + data_take])
+            pos += take
+            self._need = need - take
+            if self._need == 0:
+                self._need = -1
+        self._raw = raw[pos:] if pos < n else b""
+
+    def _body(self, data: bytes) -> None:
+        """Body bytes: an error body is kept for the detail; a 200 body is SSE."""
+        if self.status != 200:
+            self._err_body += data[: MAX_ERROR_BODY - len(self._err_body)]
+            self._body_seen += len(data)
+            if self._length is not None and self._body_seen >= self._length or len(self._err_body) >= MAX_ERROR_BODY:
+                self._finish_http_error()
+            return
+        buf = self._sse + data if self._sse else data
+        start = 0
+        while self.end is None:
+            nl = buf.find(b"\n", start)
+            if nl < 0:
+                break
+            self._line(buf[start:nl])
+            start = nl + 1
+        self._sse = buf[start:] if self.end is None else b""
+        if self._length is not None and not self._chunked:
+            self._body_seen += len(data)
+            if self._body_seen >= self._length:
+                self._body_complete()
+
+    def _body_complete(self) -> None:
+        if self.end is not None:
+            return
+        if self.status != 200:
+            self._finish_http_error()
+        else:
+            self.fail("incomplete_stream", "response body ended without [DONE]")
+
+    # ---- SSE -----------------------------------------------------------------------------------------
+    def _line(self, line: bytes) -> None:
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if not line:  # a blank line ends the event
+            if self._data:
+                payload = self._data[0] if len(self._data) == 1 else b"\n".join(self._data)
+                self._data = []
+                self._event(payload)
+            return
+        if line.startswith(b"data:"):
+            self._data.append(line[6:] if line[5:6] == b" " else line[5:])
+        # comments (`:`), `event:`, `id:`, `retry:` carry nothing we measure
+
+    def _event(self, p: bytes) -> None:
+        if p == b"[DONE]":
+            self.saw_done = True
+            self._finish()
+            return
+        if _is_plain_token(p):
+            self._content()
+            return
+        try:
+            obj = json.loads(p)
+        except ValueError:
+            self.fail("malformed_sse", f"data line is not JSON: {p[:200]!r}")
+            return
+        self._json_event(obj, p)
+
+    def _json_event(self, obj: Any, raw: bytes) -> None:
+        if not isinstance(obj, dict):
+            self.fail("malformed_sse", f"data line is not a JSON object: {raw[:200]!r}")
+            return
+        if obj.get("error") or obj.get("object") == "error":
+            err = obj.get("error", obj)
+            self.fail("server_error_event", json.dumps(err)[:DETAIL_CHARS])
+            return
+        usage = obj.get("usage")
+        if isinstance(usage, dict):
+            self.prompt_tokens = usage.get("prompt_tokens")
+            self.output_tokens = usage.get("completion_tokens")
+        choices = obj.get("choices")
+        if not isinstance(choices, list):
+            if isinstance(usage, dict):
+                return
+            self.fail("malformed_sse", f"event without choices: {raw[:200]!r}")
+            return
+        if any(_has_content(c) for c in choices):
+            self._content()
+
+    def _content(self) -> None:
+        t = self.now
+        if self.first_token is None:
+            self.first_token = t
+        self.chunk_times.append(t)
+
+    # ---- the end ---------------------------------------------------------------------------------------
+    def _finish(self) -> None:
+        if self.output_tokens is None and self.error is None:
+            self.error, self.detail = "no_usage", "the stream ended with [DONE] but carried no usage"
+        self._close()
+
+    def _finish_http_error(self) -> None:
+        body = self._err_body.decode("utf-8", "replace")
+        self.fail(error_kind(self.status or 0), f"HTTP {self.status}: {_error_message(body)}")
+
+    def fail(self, kind: str, detail: str) -> None:
+        """End the request with an error (first error wins)."""
+        if self.end is not None:
+            return
+        self.error, self.detail = kind, detail[:DETAIL_CHARS]
+        self._close()
+
+    def _close(self) -> None:
+        self.end = self.now or time.perf_counter()
+        if self.transport is not None:
+            self.transport.close()
+        if not self.done.done():
+            self.done.set_result(None)
+
+
+def _is_plain_token(p: bytes) -> bool:
+    """A JSON object with non-empty text/content and nothing that needs decoding (usage, error, end)."""
+    return p[:1] == b"{" and p[-1:] == b"}" and _SPECIAL.search(p) is None and _CONTENT.search(p) is not None
+
+
+def _has_content(choice: Any) -> bool:
+    if not isinstance(choice, dict):
+        return False
+    if choice.get("text"):
+        return True
+    delta = choice.get("delta")
+    return isinstance(delta, dict) and bool(
+        delta.get("content") or delta.get("reasoning_content") or delta.get("reasoning"))
+
+
+def _error_message(body: str) -> str:
+    """The `message` of an OpenAI-style error body, else the body itself."""
+    try:
+        obj = json.loads(body)
+        err = obj.get("error", obj) if isinstance(obj, dict) else obj
+        msg = err.get("message") if isinstance(err, dict) else None
+        if msg:
+            return str(msg)
+        if isinstance(obj, dict) and obj.get("detail"):
+            return str(obj["detail"])
+    except ValueError:
+        pass
+    return body.strip()[:DETAIL_CHARS] or "(empty body)"
+
+
+class StreamRequest:
+    """One streaming request in three steps: `connect()`, `send()` (stamps the start), `wait()`.
+
+    The split lets the runner open every connection of a cell first and then write all requests in a
+    tight loop, so that N users really start together.
+    """
+
+    def __init__(self, endpoint: Endpoint, payload: bytes, *, index: int = 0,
+                 expected_prompt_tokens: int | None = None) -> None:
+        self.endpoint = endpoint
+        self.payload = payload
+        self.index = index
+        self.expected_prompt_tokens = expected_prompt_tokens
+        self.proto: StreamProtocol | None = None
+        self._done: asyncio.Future[None] | None = None
+        self._connect_error: str | None = None
+
+    async def connect(self, timeout: float = 30.0) -> bool:
+        """Open the connection; False (and the request is failed as `connect`) when it cannot."""
+        loop = asyncio.get_running_loop()
+        self._done = loop.create_future()
+        proto = StreamProtocol(self._done)
+        self.proto = proto
+        ctx = _ssl.create_default_context() if self.endpoint.tls else None
+        try:
+            transport, _ = await asyncio.wait_for(
+                loop.create_connection(lambda: proto, self.endpoint.host, self.endpoint.port, ssl=ctx), timeout)
+        except (OSError, asyncio.TimeoutError) as e:
+            proto.now = time.perf_counter()
+            proto.start = proto.now
+            proto.fail("connect", f"cannot connect to {self.endpoint.host}:{self.endpoint.port}: {e!r}")
+            return False
+        if proto.end is not None:  # aborted while connecting (server death, cancel)
+            transport.abort()
+            return False
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return True
+
+    def fail_now(self, kind: str, detail: str) -> None:
+        """Record the request as failed without sending it (e.g. the server is already dead)."""
+        loop = asyncio.get_running_loop()
+        self._done = loop.create_future()
+        self.proto = StreamProtocol(self._done)
+        self.proto.now = self.proto.start = time.perf_counter()
+        self.proto.fail(kind, detail)
+
+    def send(self) -> float:
+        """Write the request; the start time is taken just before the bytes go out."""
+        proto = self.proto
+        assert proto is not None, "connect() first"
+        if proto.end is not None:  # the connection failed already; its start is now
+            proto.start = proto.end = time.perf_counter()
+            return proto.start
+        proto.start = time.perf_counter()
+        assert proto.transport is not None
+        proto.transport.write(self.payload)
+        return proto.start
+
+    async def wait(self, timeout: float | None) -> None:
+        """Until the response is complete, failed, or `timeout` seconds passed (then: `timeout`)."""
+        assert self._done is not None
+        try:
+            await asyncio.wait_for(asyncio.shield(self._done), timeout)
+        except asyncio.TimeoutError:
+            self.abort("timeout", f"no complete response within {timeout:g} s")
+
+    def abort(self, kind: str, detail: str) -> None:
+        """Fail the request now and drop its connection (used for timeouts, server death, cancel)."""
+        proto = self.proto
+        if proto is None or proto.end is not None:
+            return
+        proto.now = time.perf_counter()
+        proto.fail(kind, detail)
+        if proto.transport is not None:
+            proto.transport.abort()
+
+    @property
+    def lost_connection(self) -> bool:
+        """Whether the connection failed or was cut mid-stream (what a dying server does to a request)."""
+        return self.proto is not None and self.proto.error in ("connect", "incomplete_stream")
+
+    @property
+    def finished(self) -> bool:
+        return self.proto is not None and self.proto.end is not None
+
+    def record(self, t0: float) -> RequestRecord:
+        """The request as a `RequestRecord`, times relative to the cell start `t0`."""
+        p = self.proto
+        assert p is not None
+        start = p.start if p.start is not None else (p.end or t0)
+        end = p.end if p.end is not None else time.perf_counter()
+        return RequestRecord(
+            index=self.index, start=start - t0, end=end - t0,
+            first_token=None if p.first_token is None else p.first_token - t0,
+            chunk_times=tuple(t - t0 for t in p.chunk_times),
+            prompt_tokens=p.prompt_tokens, output_tokens=p.output_tokens,
+            expected_prompt_tokens=self.expected_prompt_tokens, error=p.error, error_detail=p.detail)
+
+
+async def stream_once(base_url: str, model: str, prompt: str, max_tokens: int = 100, *, api: str = "completions",
+                      api_key: str | None = None, timeout: float = 600.0,
+                      expected_prompt_tokens: int | None = None) -> RequestRecord:
+    """Send one streaming request and return its record (times relative to its own start)."""
+    ep = Endpoint.from_url(base_url, api_key)
+    req = StreamRequest(ep, http_request(ep, api_path(api), request_body(api, model, prompt, max_tokens)),
+                        expected_prompt_tokens=expected_prompt_tokens)
+    try:
+        await req.connect(min(timeout, 30.0))
+        t0 = req.send()
+        await req.wait(timeout)
+    finally:
+        req.abort("timeout", "cancelled")
+    return req.record(t0)

@@ -1,0 +1,463 @@
+"""The asyncio engine that runs a cell, a matrix of cells, or an open-loop rate; with a sync facade.
+
+A closed-loop cell is N users sending one streaming request each at the same moment (and `rounds`
+requests in a row). To make "the same moment" true, every connection is opened first (bounded
+concurrency), then all requests are written in one tight loop; each record's start is taken just
+before its bytes are written, and `CellStats.start_spread_s` shows how long that loop took.
+
+The runner owns its event loop (uvloop when installed: see `benchmarks/README.md` for the numbers),
+so `run_cell` can be called from plain synchronous code such as a pytest test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import random
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any, Protocol, TextIO, TypeVar, runtime_checkable
+
+import httpx
+
+from .client import Endpoint, StreamRequest, api_path, http_request, request_body
+from ..control import async_client
+from ..metrics import cell_stats
+from .progress import Progress
+from ..results import CellResult, CellSpec, RequestRecord
+from .workload import LocalTokenizer, Prompt, PromptFactory, ServerTokenizer, TokenCounter, matrix
+
+T = TypeVar("T")
+CONNECT_CONCURRENCY = 256  # simultaneous connects while opening a cell's connections
+STATUS_POLL_S = 0.1  # how often server_status is asked during a cell
+OPEN_LOOP_LEAD_S = 0.05  # open loop: connect this long before a request's scheduled start
+MAX_REQUESTS_PER_CELL = 100_000  # a bound on any cell, so that a typo cannot run forever
+DEATH_NOTICE_S = 1.0  # after streams were cut, how long to wait for a dying server's exit status
+
+
+@runtime_checkable
+class CellObserver(Protocol):
+    """Something that watches each cell (telemetry, /metrics deltas); its dict lands in `extra[name]`."""
+
+    name: str
+
+    def before_cell(self, spec: CellSpec) -> None:
+        """Called right before the cell's requests are launched."""
+
+    def after_cell(self, result: CellResult) -> dict[str, Any] | None:
+        """Called once all requests of the cell finished; the dict is stored in `result.extra[name]`."""
+
+    def close(self) -> None:
+        """Release threads and connections (the session calls it at its end)."""
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop when installed (cheaper I/O callbacks on the one core the client has), else asyncio's.
+
+    `LLMLOAD_EVENT_LOOP=asyncio` forces the standard loop (the benchmark compares both).
+    """
+    if os.environ.get("LLMLOAD_EVENT_LOOP", "uvloop") != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+class LoadRunner:
+    """Runs cells against one OpenAI-compatible server; use as a context manager or call `close()`."""
+
+    def __init__(self, base_url: str, model: str, *, api_key: str | None = None, api: str = "completions",
+                 request_timeout_s: float = 600.0, server_status: Callable[[], int | None] | None = None,
+                 log_tail: Callable[[], str] | None = None, observers: Sequence[CellObserver] = (),
+                 progress: bool | None = None, progress_stream: TextIO | None = None, shared_prefix: bool = False,
+                 tokenizer_path: str | None = None) -> None:
+        if api not in ("completions", "chat"):
+            raise ValueError(f"api must be 'completions' or 'chat', got {api!r}")
+        self.base_url = base_url
+        self.model = model
+        self.api = api
+        self.endpoint = Endpoint.from_url(base_url, api_key)
+        self.request_timeout_s = request_timeout_s
+        self.server_status = server_status
+        self.log_tail = log_tail
+        self.observers = tuple(observers)
+        self.progress = Progress(progress_stream, enabled=progress)
+        self.shared_prefix = shared_prefix
+        self.tokenizer_path = tokenizer_path
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._http: httpx.AsyncClient | None = None
+        self._factory: PromptFactory | None = None
+        self._dead: str | None = None  # cause of death, once the server is known dead
+        self._active: set[StreamRequest] = set()
+        # perf_counter() value of the last cell's start: record times + last_t0 give absolute
+        # CLOCK_MONOTONIC times, to correlate with a server's own timestamps (the accuracy benchmark).
+        self.last_t0: float | None = None
+
+    # ---- sync facade -------------------------------------------------------------------------------
+    def run_cell(self, spec: CellSpec) -> CellResult:
+        """Run one cell and return its result (never raises for a failed cell: `ok` is False)."""
+        return self._run(self.arun_cell(spec))
+
+    def run_cell_kw(self, users: int, prompt_tokens: int, max_tokens: int = 100, rounds: int = 1) -> CellResult:
+        """`run_cell` with keyword arguments."""
+        return self.run_cell(CellSpec(users=users, prompt_tokens=prompt_tokens, max_tokens=max_tokens,
+                                      rounds=rounds))
+
+    def run_matrix(self, users: Sequence[int], prompt_tokens: Sequence[int], max_tokens: int = 100,
+                   on_cell: Callable[[CellResult], None] | None = None) -> list[CellResult]:
+        """Every users x prompt-size cell; a failed cell does not stop the matrix."""
+        cells = matrix(users, prompt_tokens)
+        self.progress.start_matrix(len(cells))
+        results = []
+        try:
+            for u, p in cells:
+                result = self.run_cell(CellSpec(users=u, prompt_tokens=p, max_tokens=max_tokens))
+                results.append(result)
+                if on_cell is not None:
+                    on_cell(result)
+        finally:
+            self.progress.close()
+        return results
+
+    def run_open_loop(self, rate: float, duration_s: float, prompt_tokens: int, max_tokens: int = 100,
+                      poisson: bool = True, seed: int = 0) -> CellResult:
+        """Requests arriving at `rate` per second for `duration_s` (Poisson or evenly spaced)."""
+        return self.run_cell(CellSpec(users=0, prompt_tokens=prompt_tokens, max_tokens=max_tokens, mode="open",
+                                      rate=rate, duration_s=duration_s, poisson=poisson, seed=seed))
+
+    def close(self) -> None:
+        """Close every connection and the event loop."""
+        if self._loop is None:
+            return
+        if self._http is not None:
+            self._loop.run_until_complete(self._http.aclose())
+            self._http = None
+        self._abort_all("timeout", "runner closed")
+        self._loop.close()
+        self._loop = None
+
+    def __enter__(self) -> LoadRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run on our loop; on Ctrl-C cancel the cell so that its `finally` closes sockets, then raise
+        KeyboardInterrupt. SIGINT is routed through the loop while it runs: uvloop handles signals in
+        its own callbacks and may log a KeyboardInterrupt raised there instead of propagating it."""
+        if self._loop is None:
+            self._loop = new_event_loop()
+        task = self._loop.create_task(coro)
+        interrupted = False
+
+        def on_sigint() -> None:
+            nonlocal interrupted
+            interrupted = True
+            task.cancel()
+
+        restore = _trap_sigint(self._loop, on_sigint)
+        try:
+            result = self._loop.run_until_complete(task)
+        except BaseException:
+            task.cancel()
+            try:
+                self._loop.run_until_complete(task)
+            except BaseException:  # noqa: BLE001 - the first exception is the one to re-raise
+                pass
+            self._abort_all("timeout", "interrupted")
+            if interrupted:
+                raise KeyboardInterrupt from None
+            raise
+        finally:
+            restore()
+        if interrupted:  # the cell swallowed the cancellation and finished: still stop the session
+            self._abort_all("timeout", "interrupted")
+            raise KeyboardInterrupt
+        return result
+
+    # ---- a cell -------------------------------------------------------------------------------------
+    async def arun_cell(self, spec: CellSpec) -> CellResult:
+        """The async version of `run_cell`."""
+        if spec.mode == "open":
+            label = f"rate={spec.rate:g}/s P={spec.prompt_tokens}"
+        else:
+            label = f"users={spec.users} P={spec.prompt_tokens}"
+        if (cause := self._death_cause()) is not None:
+            return self._failed(spec, cause)
+        try:
+            n, arrivals = self._request_count(spec)
+            prompts = await (await self._prompt_factory()).prompts(spec.prompt_tokens, n)
+        except Exception as e:  # noqa: BLE001 - any sizing failure is this cell's error, not the run's
+            # Sizing talks to the server (/tokenize): if it died meanwhile, that is the cause to report.
+            cause = self._death_cause() or f"cannot build prompts of {spec.prompt_tokens} tokens: {e!r}"
+            return self._failed(spec, cause)
+        warnings = self._call_observers_before(spec)
+        self.progress.start_cell(label, n)
+        try:
+            requests, t0, died = await self._launch(spec, prompts, arrivals)
+        finally:
+            self._abort_all("timeout", "cell cancelled")
+            self.progress.end_cell()
+        return self._result(spec, requests, t0, died, warnings)
+
+    def _request_count(self, spec: CellSpec) -> tuple[int, list[float] | None]:
+        if spec.mode == "open":
+            if not spec.rate or spec.rate <= 0 or not spec.duration_s or spec.duration_s <= 0:
+                raise ValueError("an open-loop cell needs rate > 0 and duration_s > 0")
+            arrivals = arrival_times(spec.rate, spec.duration_s, spec.poisson, spec.seed)
+            n = len(arrivals)
+        else:
+            if spec.users < 1 or spec.rounds < 1:
+                raise ValueError("a closed-loop cell needs users >= 1 and rounds >= 1")
+            arrivals, n = None, spec.users * spec.rounds
+        if n > MAX_REQUESTS_PER_CELL:
+            raise ValueError(f"{n} requests in one cell is more than the limit of {MAX_REQUESTS_PER_CELL}")
+        return n, arrivals
+
+    async def _launch(self, spec: CellSpec, prompts: list[Prompt],
+                      arrivals: list[float] | None) -> tuple[list[StreamRequest], float, str | None]:
+        """Run the requests while a watcher polls the server; returns them, t0 and the death cause."""
+        watcher = asyncio.ensure_future(self._watch_server())
+        work: Awaitable[tuple[list[StreamRequest], float]]
+        if arrivals is None:
+            work = self._closed_loop(spec, prompts)
+        else:
+            work = self._open_loop(spec, prompts, arrivals)
+        work_task = asyncio.ensure_future(work)
+        try:
+            await asyncio.wait({work_task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            if watcher.done() and not work_task.done():  # the server died: stop now, not at the timeouts
+                self._abort_all("server_died", self._dead or "server died")
+            requests, t0 = await work_task
+        finally:
+            watcher.cancel()
+            work_task.cancel()
+        self.last_t0 = t0
+        if self._dead is None and any(r.lost_connection for r in requests):
+            await self._await_death_notice()
+        return requests, t0, self._dead
+
+    async def _await_death_notice(self) -> None:
+        """Streams cut by a dying server end before its exit status is polled: look again, briefly,
+        so that the cell says "server died" rather than blaming each stream."""
+        if self.server_status is None:
+            return
+        deadline = time.perf_counter() + DEATH_NOTICE_S
+        while self._death_cause() is None and time.perf_counter() < deadline:
+            await asyncio.sleep(0.05)
+
+    async def _watch_server(self) -> None:
+        """Return as soon as the launched server is seen dead (never returns without a status callable)."""
+        if self.server_status is None:
+            await asyncio.Event().wait()
+        while self._death_cause() is None:
+            await asyncio.sleep(STATUS_POLL_S)
+
+    def _new_request(self, spec: CellSpec, prompt: Prompt, index: int) -> StreamRequest:
+        body = request_body(self.api, self.model, prompt.text, spec.max_tokens)
+        payload = http_request(self.endpoint, api_path(self.api), body)
+        req = StreamRequest(self.endpoint, payload, index=index, expected_prompt_tokens=prompt.tokens)
+        self._active.add(req)
+        return req
+
+    async def _closed_loop(self, spec: CellSpec, prompts: list[Prompt]) -> tuple[list[StreamRequest], float]:
+        users = spec.users
+        first = [self._new_request(spec, prompts[i], i) for i in range(users)]
+        await self._connect_all(first)
+        t0 = time.perf_counter()
+        for req in first:  # the tight loop: nothing else between the writes
+            req.send()
+        done: list[StreamRequest] = []
+
+        async def user(u: int) -> None:
+            req = first[u]
+            for r in range(spec.rounds):
+                if r:
+                    req = self._new_request(spec, prompts[r * users + u], r * users + u)
+                    await self._start_later(req)
+                await req.wait(self.request_timeout_s)
+                done.append(req)
+                self.progress.request_done(req.proto is not None and req.proto.error is None)
+
+        try:
+            await asyncio.gather(*(user(u) for u in range(users)))
+        finally:
+            done.extend(r for r in first if r not in done)
+        return sorted(done, key=lambda r: r.index), t0
+
+    async def _open_loop(self, spec: CellSpec, prompts: list[Prompt],
+                         arrivals: list[float]) -> tuple[list[StreamRequest], float]:
+        t0 = time.perf_counter() + OPEN_LOOP_LEAD_S
+        reqs = [self._new_request(spec, prompts[i], i) for i in range(len(arrivals))]
+
+        async def one(req: StreamRequest, at: float) -> None:
+            await _sleep_until(t0 + at - OPEN_LOOP_LEAD_S)
+            await self._start_later(req, t0 + at)
+            await req.wait(self.request_timeout_s)
+            self.progress.request_done(req.proto is not None and req.proto.error is None)
+
+        await asyncio.gather(*(one(r, a) for r, a in zip(reqs, arrivals)))
+        return reqs, t0
+
+    async def _start_later(self, req: StreamRequest, at: float | None = None) -> None:
+        """Connect and send one request (at `at`, if given); fail it at once if the server is dead."""
+        if self._dead is None:
+            await req.connect(min(30.0, self.request_timeout_s))
+            if at is not None:
+                await _sleep_until(at)
+        if self._dead is not None:
+            if req.proto is None:
+                req.fail_now("server_died", self._dead)
+            else:
+                req.abort("server_died", self._dead)
+        req.send()
+
+    async def _connect_all(self, reqs: Sequence[StreamRequest]) -> None:
+        sem = asyncio.Semaphore(CONNECT_CONCURRENCY)
+        timeout = min(30.0, self.request_timeout_s)
+
+        async def one(req: StreamRequest) -> None:
+            async with sem:
+                await req.connect(timeout)
+
+        await asyncio.gather(*(one(r) for r in reqs))
+
+    def _abort_all(self, kind: str, detail: str) -> None:
+        for req in list(self._active):
+            req.abort(kind, detail)
+        if kind != "server_died":
+            self._active.clear()
+
+    # ---- results -------------------------------------------------------------------------------------
+    def _result(self, spec: CellSpec, requests: list[StreamRequest], t0: float, died: str | None,
+                warnings: list[str]) -> CellResult:
+        records = tuple(r.record(t0) for r in requests)
+        self._active.clear()
+        stats = cell_stats(records)
+        error = died or _failure_cause(records)
+        result = CellResult(users=spec.users, prompt_tokens=spec.prompt_tokens, max_tokens=spec.max_tokens,
+                            ok=error is None, error=error, stats=stats, records=records, mode=spec.mode,
+                            rate=spec.rate)
+        # Observers see the measured cell; their sections complete it in a new (frozen) CellResult.
+        extra, observer_warnings = self._call_observers_after(result)
+        warnings = warnings + observer_warnings
+        if warnings:
+            extra["warnings"] = warnings
+        return dataclasses.replace(result, extra=extra) if extra else result
+
+    def _failed(self, spec: CellSpec, error: str, records: tuple[RequestRecord, ...] = ()) -> CellResult:
+        return CellResult(users=spec.users, prompt_tokens=spec.prompt_tokens, max_tokens=spec.max_tokens,
+                          ok=False, error=error, stats=cell_stats(records) if records else None,
+                          records=records, mode=spec.mode, rate=spec.rate)
+
+    def _death_cause(self) -> str | None:
+        """The cell error once the server is dead (remembered: later cells fail fast with it)."""
+        if self._dead is None and self.server_status is not None:
+            code = self.server_status()
+            if code is not None:
+                tail = self.log_tail() if self.log_tail is not None else ""
+                self._dead = f"server died (exit code {code})" + (
+                    f"\n--- last lines of the server log ---\n{tail}" if tail else "")
+        return self._dead
+
+    def _call_observers_before(self, spec: CellSpec) -> list[str]:
+        warnings = []
+        for obs in self.observers:
+            try:
+                obs.before_cell(spec)
+            except Exception as e:  # noqa: BLE001 - an observer never fails a cell
+                warnings.append(f"observer {getattr(obs, 'name', obs)!s} before_cell failed: {e!r}")
+        return warnings
+
+    def _call_observers_after(self, result: CellResult) -> tuple[dict[str, Any], list[str]]:
+        extra: dict[str, Any] = {}
+        warnings = []
+        for obs in self.observers:
+            name = str(getattr(obs, "name", type(obs).__name__))
+            try:
+                data = obs.after_cell(result)
+            except Exception as e:  # noqa: BLE001 - an observer never fails a cell
+                warnings.append(f"observer {name} after_cell failed: {e!r}")
+                continue
+            if data is not None:
+                extra[name] = data
+        return extra, warnings
+
+    # ---- prompts --------------------------------------------------------------------------------------
+    async def _prompt_factory(self) -> PromptFactory:
+        """Size with the server's /tokenize (it applies the server's own template); else tokenizer_path."""
+        if self._factory is None:
+            counter: TokenCounter
+            if self._http is None:
+                self._http = async_client(self.base_url, self.endpoint.api_key)
+            if await ServerTokenizer.available(self._http, self.model):
+                counter = ServerTokenizer(self._http, self.model, self.api)
+            elif self.tokenizer_path is not None:
+                counter = LocalTokenizer(self.tokenizer_path, self.api)
+            else:
+                raise RuntimeError(f"{self.base_url} has no working /tokenize; pass tokenizer_path "
+                                   "(a Hugging Face tokenizer directory) to size prompts exactly")
+            self._factory = PromptFactory(counter, shared_prefix=self.shared_prefix,
+                                          verify_all=isinstance(counter, LocalTokenizer))
+        return self._factory
+
+
+def _trap_sigint(loop: asyncio.AbstractEventLoop, handler: Callable[[], None]) -> Callable[[], None]:
+    """Make SIGINT call `handler` on the loop while it runs; returns the function that undoes it.
+    Only the main thread may set signal handlers; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        loop.add_signal_handler(signal.SIGINT, handler)
+    except (NotImplementedError, RuntimeError, ValueError):  # no signal support on this loop / platform
+        return lambda: None
+
+    def restore() -> None:
+        try:
+            loop.remove_signal_handler(signal.SIGINT)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    return restore
+
+
+def arrival_times(rate: float, duration_s: float, poisson: bool = True, seed: int = 0) -> list[float]:
+    """Scheduled request starts in [0, duration_s): exponential gaps (Poisson) or every 1/rate s."""
+    if not poisson:
+        return [i / rate for i in range(int(rate * duration_s + 1e-9))]
+    rng = random.Random(seed)
+    out: list[float] = []
+    t = rng.expovariate(rate)
+    while t < duration_s and len(out) <= MAX_REQUESTS_PER_CELL:
+        out.append(t)
+        t += rng.expovariate(rate)
+    return out
+
+
+def _failure_cause(records: Sequence[RequestRecord]) -> str | None:
+    """None if any request succeeded; else the commonest error kind with an example detail."""
+    if not records:
+        return "no requests were run"
+    if any(r.ok for r in records):
+        return None
+    kinds = Counter(r.error for r in records)
+    kind, count = kinds.most_common(1)[0]
+    detail = next((r.error_detail for r in records if r.error == kind and r.error_detail), "")
+    others = ", ".join(f"{k} x{c}" for k, c in kinds.items() if k != kind)
+    return (f"all {len(records)} requests failed: {kind} x{count}" + (f" ({others})" if others else "")
+            + (f": {detail}" if detail else ""))
+
+
+async def _sleep_until(deadline: float) -> None:
+    delay = deadline - time.perf_counter()
+    if delay > 0:
+        await asyncio.sleep(delay)

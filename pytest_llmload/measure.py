@@ -1,0 +1,78 @@
+"""What a test holds to measure (pytest-free, so a script can use the same objects):
+
+    LoadFixture   what `llm_load` is: llm_load(users, prompt_tokens) -> CellResult; .max_users(...);
+                  .open_loop(...); .cached(...); .check(slo, cell)
+    Matrix        what `llm_matrix` is: the configured matrix, measured once; .cell(users=, prompt_tokens=)
+
+Every cell a test measures is handed to `sink`, so the plugin can check the test's `llm_slo` markers
+against exactly those cells.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from .gate.capacity import CapacityResult, find_max_users
+from .objectives import SLO
+from .results import CellResult, RunResult
+from .session import LoadSession
+
+
+class LoadFixture:
+    """Call it to measure a cell; `.max_users(...)` for capacity; `.open_loop(...)` for a request rate."""
+
+    def __init__(self, session: LoadSession, sink: Callable[[CellResult], None] = lambda cell: None) -> None:
+        self._session = session
+        self._sink = sink
+
+    def __call__(self, users: int, prompt_tokens: int, max_tokens: int | None = None,
+                 rounds: int | None = None) -> CellResult:
+        """Measure one closed-loop cell: `users` requests at once, each with a prompt of `prompt_tokens`."""
+        return self._kept(self._session.run_cell(users, prompt_tokens, max_tokens, rounds))
+
+    def cached(self, users: int, prompt_tokens: int, max_tokens: int | None = None) -> CellResult:
+        """The cell from this session if it was already measured (e.g. by the matrix), else measure it."""
+        return self._kept(self._session.cached_cell(users, prompt_tokens, max_tokens))
+
+    def check(self, slo: SLO, cell: CellResult) -> None:
+        """Check an objective against a cell (SLOViolation with cell, metric, observed vs limit)."""
+        slo.check(cell)
+
+    def open_loop(self, rate: float, duration_s: float, prompt_tokens: int, max_tokens: int | None = None,
+                  poisson: bool = True, seed: int = 0) -> CellResult:
+        """Send `rate` requests/s (Poisson or constant) for `duration_s` seconds."""
+        return self._kept(self._session.run_open_loop(rate, duration_s, prompt_tokens, max_tokens, poisson, seed))
+
+    def max_users(self, slo: SLO | dict[str, Any] | None = None, *, prompt_tokens: int,
+                  max_tokens: int | None = None, start: int = 1, limit: int = 128, margin: float = 0.05,
+                  repeats: int = 2, **objectives: Any) -> CapacityResult:
+        """The largest number of simultaneous users meeting the objective (doubling, then bisecting)."""
+        if not isinstance(slo, SLO):
+            slo = SLO.from_kwargs({**(slo or {}), **objectives}, where="llm_load.max_users()")
+        # Probes are recorded in the run but not handed to the test's llm_slo markers: missing the objective
+        # beyond capacity is what the search is for.
+        return find_max_users(lambda u: self._session.run_cell(u, prompt_tokens, max_tokens), slo,
+                              prompt_tokens=prompt_tokens, start=start, limit=limit, margin=margin, repeats=repeats)
+
+    def _kept(self, cell: CellResult) -> CellResult:
+        self._sink(cell)
+        return cell
+
+
+class Matrix:
+    """The configured matrix, measured once per session; `cell(users=, prompt_tokens=)` reads one."""
+
+    def __init__(self, session: LoadSession) -> None:
+        self._session = session
+
+    @property
+    def run(self) -> RunResult:
+        return self._session.run
+
+    def cell(self, users: int, prompt_tokens: int) -> CellResult:
+        return self._session.cached_cell(users, prompt_tokens)
+
+    def cells(self) -> list[CellResult]:
+        s = self._session.settings
+        return [self.cell(u, p) for p in s.prompt_tokens for u in s.users]

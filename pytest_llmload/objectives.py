@@ -1,0 +1,274 @@
+"""Service-level objectives: parse them, check a cell against them, say clearly what was missed.
+
+An objective is a keyword, the way a platform team writes it down:
+
+    e2e_p95_s=20                  E2E p95 below 20 s             (latency: upper limits)
+    ttft_p99_ms=500               TTFT p99 below 500 ms
+    itl_mean_ms=50, tpot_p50_ms=40
+    tokens_per_s_per_user_min=20  every user got at least 20 tok/s  (throughput: lower limits)
+    tokens_per_s_per_user_p50=20  the median user got at least 20 tok/s
+    total_tokens_per_s=1000       the cell produced at least 1000 tok/s in total
+    requests_per_s=2
+    error_rate_max=0.01           at most 1 % of requests failed   (default: 0, every request must succeed)
+
+Selectors say which cells an objective is about: `users=32` (or a list), `prompt_tokens=480` (or a list),
+`max_tokens=100`; `name=` labels it; `min_users=64` turns it into a capacity objective ("the server holds
+at least 64 users while meeting the rest").
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .errors import ConfigError, SLOViolation
+from .vocabulary import ERROR_RATE_KEY, OBJECTIVE_KEY_HELP, Distribution, parse_limit_key
+
+SELECTORS = ("users", "prompt_tokens", "max_tokens", "name", "min_users")
+KEY_HELP = OBJECTIVE_KEY_HELP + "; selectors " + ", ".join(SELECTORS)
+
+
+class Judged(Protocol):
+    """What an objective reads of a cell (`results.CellResult`)."""
+
+    @property
+    def users(self) -> int: ...
+    @property
+    def prompt_tokens(self) -> int: ...
+    @property
+    def max_tokens(self) -> int: ...
+    @property
+    def ok(self) -> bool: ...
+    @property
+    def error(self) -> str | None: ...
+    @property
+    def stats(self) -> Any: ...
+    @property
+    def label(self) -> str: ...
+
+
+# Who is told every observed value (the pytest plugin: JUnit properties of the running test). A context
+# variable, not a module list: set for the duration of one test call by `observing`.
+_OBSERVER: ContextVar[Callable[[SLO, Judged], None] | None] = ContextVar("llmload_slo_observer", default=None)
+
+
+@contextlib.contextmanager
+def observing(callback: Callable[[SLO, Judged], None]) -> Iterator[None]:
+    """Within the block, every `SLO.check` first calls `callback(slo, cell)`."""
+    token = _OBSERVER.set(callback)
+    try:
+        yield
+    finally:
+        _OBSERVER.reset(token)
+
+
+@dataclass(frozen=True)
+class Objective:
+    """One limit on one statistic of one metric."""
+
+    key: str  # as the user wrote it, e.g. "e2e_p95_s"
+    metric: str  # a vocabulary metric name, or "error_rate"
+    stat: str | None  # p95, mean, min...; None for scalar metrics
+    limit: float  # in base units: seconds, tokens/s, fraction
+    upper: bool  # True: observed must stay at or below the limit; False: at or above
+    unit: str  # for messages: "s", "ms", "tok/s", "req/s", ""
+    scale: float = 1.0  # display value = base value * scale (1000 for ms)
+
+    @property
+    def property_name(self) -> str:
+        """The JUnit property name: llm_<key>."""
+        return f"llm_{self.key}"
+
+    def observed(self, cell: Judged) -> float | None:
+        """The cell's value of this objective's statistic in base units, None if it cannot be computed."""
+        stats = cell.stats
+        if stats is None:
+            return None
+        if self.metric == "error_rate":
+            total = stats.requests_ok + stats.requests_failed
+            return stats.requests_failed / total if total else None
+        value = getattr(stats, self.metric)
+        if isinstance(value, Distribution):
+            return float(getattr(value, self.stat or "mean"))
+        return None if value is None else float(value)
+
+    def met_by(self, observed: float | None) -> bool:
+        if observed is None:
+            return False
+        return observed <= self.limit if self.upper else observed >= self.limit
+
+    def headroom(self, observed: float) -> float:
+        """Relative distance to the limit, positive when met: (limit - x)/limit, or (x - limit)/limit."""
+        if self.limit == 0:
+            return 0.0 if observed == 0 else (-1.0 if self.upper else 1.0)
+        return (self.limit - observed) / self.limit if self.upper else (observed - self.limit) / self.limit
+
+    def show(self, base_value: float | None) -> str:
+        if base_value is None:
+            return "n/a"
+        if self.metric == "error_rate":
+            return f"{base_value:.1%}"
+        return f"{base_value * self.scale:.4g} {self.unit}".rstrip()
+
+    def describe(self) -> str:
+        """E.g. `e2e p95 <= 20 s`."""
+        name = self.metric + (f" {self.stat}" if self.stat else "")
+        return f"{name} {'<=' if self.upper else '>='} {self.show(self.limit)}"
+
+
+def parse_objective(key: str, value: Any, where: str) -> Objective:
+    """Turn `e2e_p95_s=20` into an Objective; ConfigError naming `where` and the key otherwise."""
+    try:
+        limit = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: {key}={value!r} is not a number") from None
+    if limit < 0 or limit != limit:
+        raise ConfigError(f"{where}: {key}={value!r} must be a number of 0 or more")
+    named = parse_limit_key(key)
+    if named is None:
+        raise ConfigError(f"{where}: unknown objective {key!r}; objectives are {KEY_HELP}")
+    if key == ERROR_RATE_KEY and limit > 1:
+        raise ConfigError(f"{where}: {ERROR_RATE_KEY}={value!r} is a fraction between 0 and 1")
+    return Objective(key, named.metric, named.stat, limit / named.scale, named.upper, named.unit, named.scale)
+
+
+def _int_set(value: Any, key: str, where: str) -> frozenset[int] | None:
+    if value is None:
+        return None
+    items = value if isinstance(value, (list, tuple, set, frozenset)) else [value]
+    try:
+        out = frozenset(int(v) for v in items)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: {key}={value!r} must be a whole number or a list of them") from None
+    if not out or min(out) < 1:
+        raise ConfigError(f"{where}: {key}={value!r} must be 1 or more")
+    return out
+
+
+@dataclass(frozen=True)
+class SLO:
+    """A set of objectives and the cells they apply to."""
+
+    objectives: tuple[Objective, ...]
+    users: frozenset[int] | None = None
+    prompt_tokens: frozenset[int] | None = None
+    max_tokens: int | None = None
+    name: str | None = None
+    min_users: int | None = None
+    source: str = ""  # where it was declared, for messages
+    error_rate: Objective = field(default_factory=lambda: parse_objective(ERROR_RATE_KEY, 0, ""))
+
+    @classmethod
+    def from_kwargs(cls, kwargs: Mapping[str, Any], *, where: str) -> SLO:
+        """Parse marker / assert_slo / config keywords; unknown keys are a ConfigError."""
+        objectives = [parse_objective(k, v, where) for k, v in kwargs.items() if k not in SELECTORS]
+        explicit_errors = [o for o in objectives if o.metric == "error_rate"]
+        objectives = [o for o in objectives if o.metric != "error_rate"]
+        min_users = kwargs.get("min_users")
+        if not objectives and not explicit_errors:
+            raise ConfigError(f"{where}: no objective given; objectives are {KEY_HELP}")
+        max_tokens = _int_set(kwargs.get("max_tokens"), "max_tokens", where)
+        return cls(
+            objectives=tuple(objectives),
+            users=_int_set(kwargs.get("users"), "users", where),
+            prompt_tokens=_int_set(kwargs.get("prompt_tokens"), "prompt_tokens", where),
+            max_tokens=None if max_tokens is None else min(max_tokens),
+            name=None if kwargs.get("name") is None else str(kwargs["name"]),
+            min_users=None if min_users is None else min(_int_set(min_users, "min_users", where) or {1}),
+            source=where,
+            error_rate=explicit_errors[0] if explicit_errors else parse_objective(ERROR_RATE_KEY, 0, where),
+        )
+
+    @property
+    def all_objectives(self) -> tuple[Objective, ...]:
+        return (*self.objectives, self.error_rate)
+
+    def applies_to(self, cell: Judged) -> bool:
+        """Whether the selectors match this cell (an unset selector matches every cell)."""
+        return ((self.users is None or cell.users in self.users)
+                and (self.prompt_tokens is None or cell.prompt_tokens in self.prompt_tokens)
+                and (self.max_tokens is None or cell.max_tokens == self.max_tokens))
+
+    def evaluate(self, cell: Judged) -> list[tuple[Objective, float | None, bool]]:
+        """(objective, observed, met) for every objective, the error-rate objective included."""
+        return [(o, o.observed(cell), o.met_by(o.observed(cell))) for o in self.all_objectives]
+
+    def misses(self, cell: Judged) -> list[str]:
+        """Readable lines, one per missed objective; empty when all are met."""
+        if not cell.ok:
+            return [f"the cell could not run: {cell.error}"]
+        lines = []
+        for objective, observed, met in self.evaluate(cell):
+            if not met:
+                lines.append(_miss_line(cell, objective, observed))
+        return lines
+
+    def check(self, cell: Judged) -> None:
+        """Raise SLOViolation if the cell misses any objective. Observers (the plugin's JUnit properties)
+        are told every observed value first."""
+        observer = _OBSERVER.get()
+        if observer is not None:
+            observer(self, cell)
+        misses = self.misses(cell)
+        if misses:
+            raise SLOViolation(violation_message(self, cell, misses))
+
+    def describe(self) -> str:
+        parts = [o.describe() for o in self.objectives]
+        if self.error_rate.limit > 0 or not parts:
+            parts.append(self.error_rate.describe())
+        label = f"{self.name}: " if self.name else ""
+        return label + ", ".join(parts)
+
+
+def _miss_line(cell: Judged, objective: Objective, observed: float | None) -> str:
+    line = f"{objective.metric}{' ' + objective.stat if objective.stat else ''}: observed {objective.show(observed)}, "
+    line += f"limit {'<=' if objective.upper else '>='} {objective.show(objective.limit)}"
+    dist = getattr(cell.stats, objective.metric, None) if cell.stats else None
+    if isinstance(dist, Distribution):
+        unit = objective.unit if objective.scale == 1.0 else "s"
+        line += f"\n      distribution: {dist.describe(unit)}"
+    return line
+
+
+def violation_message(slo: SLO, cell: Judged, misses: Iterable[str]) -> str:
+    """The failure text: which SLO, which cell, each metric observed vs limit, and the request outcome."""
+    head = f"SLO {slo.name + ' ' if slo.name else ''}missed in cell {cell.label}"
+    lines = [head] + [f"  - {m}" for m in misses]
+    if cell.stats is not None:
+        s = cell.stats
+        errs = ", ".join(f"{k}: {v}" for k, v in sorted(s.errors.items())) or "none"
+        lines.append(f"  requests: {s.requests_ok} ok, {s.requests_failed} failed ({errs}); "
+                     f"start spread {s.start_spread_s * 1000:.1f} ms")
+    return "\n".join(lines)
+
+
+def parse_slo_line(line: str, where: str) -> SLO:
+    """An ini `llm_slo` line: `users=32 prompt_tokens=31,63 e2e_p95_s=20`."""
+    kwargs: dict[str, Any] = {}
+    for token in line.split():
+        key, sep, value = token.partition("=")
+        if not sep:
+            raise ConfigError(f"{where}: {token!r} is not key=value")
+        kwargs[key] = value.split(",") if key in ("users", "prompt_tokens") else value
+    return SLO.from_kwargs(kwargs, where=where)
+
+
+def load_slo_file(path: str) -> list[SLO]:
+    """A TOML file of `[[slo]]` tables, each with selectors and objectives."""
+    import tomllib  # noqa: PLC0415 - Python 3.11+; only needed with --llm-slo-file
+
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"--llm-slo-file {path}: no such file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"--llm-slo-file {path}: not valid TOML: {exc}") from None
+    tables = data.get("slo")
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise ConfigError(f"--llm-slo-file {path}: expected [[slo]] tables")
+    return [SLO.from_kwargs(t, where=f"{path} [[slo]] #{i + 1}") for i, t in enumerate(tables)]

@@ -1,0 +1,91 @@
+"""Hand each cell's per-request E2E latencies to pytest-benchmark, so that its own tooling works on them:
+`--benchmark-autosave`, `--benchmark-compare`, `--benchmark-compare-fail`, `pytest-benchmark compare`.
+
+Each closed-loop cell becomes one benchmark named ``llmload_e2e[users=U-prompt_tokens=P-max_tokens=M]``
+(open-loop cells ``[rate=R-...]``) in the group ``llmload e2e``, with one "round" per successful request.
+pytest-benchmark builds a `Metadata` from the fixture of a timed test; we build the same object from
+a small stand-in carrying the names, so its saving, comparing and tables treat our cells like any
+other benchmark. pytest_benchmark is imported lazily: this module must not pull in pytest.
+
+The entries must be added before pytest-benchmark's `pytest_sessionfinish` wrapper saves them, i.e.
+from a `pytest_sessionfinish` hookwrapper marked `tryfirst=True`, before its `yield`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .table import model_name
+from ..results import CellResult, RunResult
+
+GROUP = "llmload e2e"
+BENCH_PREFIX = "llmload_e2e"
+
+
+@dataclass
+class _CellFixture:
+    """What `pytest_benchmark.stats.Metadata` reads from a `BenchmarkFixture`."""
+
+    name: str
+    fullname: str
+    group: str
+    param: str
+    params: dict[str, Any]
+    extra_info: dict[str, Any] = field(default_factory=dict)
+    cprofile_stats: Any = None
+    has_error: bool = False
+
+
+def benchmark_param(cell: CellResult) -> str:
+    """The parameter id of a cell, e.g. 'users=8-prompt_tokens=296-max_tokens=100'."""
+    head = f"rate={cell.rate:g}" if cell.mode == "open" else f"users={cell.users}"
+    return f"{head}-prompt_tokens={cell.prompt_tokens}-max_tokens={cell.max_tokens}"
+
+
+def _fixture(cell: CellResult, environment: dict[str, Any]) -> _CellFixture:
+    param = benchmark_param(cell)
+    params: dict[str, Any] = {"users": cell.users, "prompt_tokens": cell.prompt_tokens, "max_tokens": cell.max_tokens}
+    if cell.mode == "open":
+        params["rate"] = cell.rate
+    extra: dict[str, Any] = {"model": model_name(environment), "metric": "e2e_s"}
+    if cell.stats is not None:
+        extra.update(requests_failed=cell.stats.requests_failed, total_tokens_per_s=cell.stats.total_tokens_per_s)
+    name = f"{BENCH_PREFIX}[{param}]"
+    # fullname is what --benchmark-compare matches saved runs on: stable across runs and test files.
+    return _CellFixture(name=name, fullname=f"pytest-llmload::{name}", group=GROUP, param=param,
+                        params=params, extra_info=extra)
+
+
+def benchmark_entries(run: RunResult) -> list[Any]:
+    """One `pytest_benchmark.stats.Metadata` per cell with at least one successful request."""
+    from pytest_benchmark.stats import Metadata  # lazily: pytest-benchmark imports pytest
+
+    entries = []
+    for cell in run.cells:
+        samples = [r.e2e for r in cell.records if r.ok]
+        if not samples:
+            continue  # a cell without data would make pytest-benchmark's statistics fail
+        meta = Metadata(_fixture(cell, run.environment), iterations=1,  # type: ignore[no-untyped-call]
+                        options={"source": "pytest-llmload", "metric": "e2e", "unit": "s"})
+        for s in samples:
+            meta.update(s)  # type: ignore[no-untyped-call]
+        entries.append(meta)
+    return entries
+
+
+def add_cells_to_benchmark_session(config: Any, run: RunResult) -> int:
+    """Append the run's cells to pytest-benchmark's session; returns how many were added.
+
+    Does nothing (returns 0) when pytest-benchmark is not active or is disabled
+    (`-p no:benchmark`, `--benchmark-disable`, xdist). Cells already added are replaced, so calling
+    it again with a grown run does not duplicate them.
+    """
+    session = getattr(config, "_benchmarksession", None)  # pytest-benchmark keeps it there, unstashed
+    if session is None or getattr(session, "disabled", False):
+        return 0
+    entries = benchmark_entries(run)
+    names = {e.fullname for e in entries}
+    session.benchmarks[:] = [b for b in session.benchmarks if getattr(b, "fullname", None) not in names]
+    session.benchmarks.extend(entries)
+    return len(entries)

@@ -1,0 +1,215 @@
+"""The streaming client's parser: HTTP framing split anywhere, SSE shapes, usage, error kinds."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from pytest_llmload.load.client import Endpoint, StreamProtocol, error_kind, http_request, request_body, stream_once
+from pytest_llmload.testing.fakeserver import FakeServer
+
+
+class _Transport:
+    """Stands in for the socket: records whether the client closed it."""
+
+    closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = True
+
+
+@pytest.fixture
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    lp = asyncio.new_event_loop()
+    yield lp
+    lp.close()
+
+
+def _chunked(*events: bytes) -> bytes:
+    return b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in events) + b"0\r\n\r\n"
+
+
+def _sse(obj: Any) -> bytes:
+    return b"data: " + json.dumps(obj).encode() + b"\n\n"
+
+
+HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+USAGE = _sse({"id": "x", "choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}})
+DONE = b"data: [DONE]\n\n"
+
+
+def _tok(text: str, finish: str | None = None) -> bytes:
+    return _sse({"id": "x", "object": "text_completion", "choices": [
+        {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]})
+
+
+def _chat(delta: dict[str, Any], finish: str | None = None) -> bytes:
+    return _sse({"id": "x", "object": "chat.completion.chunk", "choices": [
+        {"index": 0, "delta": delta, "finish_reason": finish}]})
+
+
+COMPLETION = HEAD + _chunked(_tok(" a"), _tok(" b c"), _tok(" d", "length"), USAGE, DONE)
+
+
+def feed(loop: asyncio.AbstractEventLoop, pieces: list[bytes], *, eof: bool = True) -> StreamProtocol:
+    p = StreamProtocol(loop.create_future())
+    p.connection_made(_Transport())  # type: ignore[arg-type]
+    for piece in pieces:
+        p.data_received(piece)
+    if eof:
+        p.connection_lost(None)
+    return p
+
+
+def splits(data: bytes, n: int, seed: int) -> list[bytes]:
+    rng = random.Random(seed)
+    cuts = sorted(rng.sample(range(1, len(data)), n))
+    return [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)])]
+
+
+def test_a_completion_stream_gives_one_time_per_content_chunk_and_usage(loop: asyncio.AbstractEventLoop) -> None:
+    p = feed(loop, [COMPLETION])
+    assert p.error is None and p.saw_done
+    assert len(p.chunk_times) == 3  # three content chunks, one of them carrying two tokens
+    assert (p.prompt_tokens, p.output_tokens) == (7, 3)
+    assert p.first_token is not None and p.end is not None
+    assert p.transport is not None and p.transport.closed  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("cut", range(1, len(COMPLETION)))
+def test_a_single_cut_anywhere_changes_nothing(loop: asyncio.AbstractEventLoop, cut: int) -> None:
+    p = feed(loop, [COMPLETION[:cut], COMPLETION[cut:]])
+    assert (p.error, len(p.chunk_times), p.prompt_tokens, p.output_tokens) == (None, 3, 7, 3)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_many_random_cuts_change_nothing(loop: asyncio.AbstractEventLoop, seed: int) -> None:
+    p = feed(loop, splits(COMPLETION, 12, seed))
+    assert (p.error, len(p.chunk_times), p.prompt_tokens, p.output_tokens) == (None, 3, 7, 3)
+
+
+def test_byte_by_byte(loop: asyncio.AbstractEventLoop) -> None:
+    p = feed(loop, [COMPLETION[i:i + 1] for i in range(len(COMPLETION))])
+    assert (p.error, len(p.chunk_times), p.output_tokens) == (None, 3, 3)
+
+
+def test_several_events_in_one_http_chunk_and_crlf_lines(loop: asyncio.AbstractEventLoop) -> None:
+    crlf = (_tok(" a") + _tok(" b")).replace(b"\n", b"\r\n")
+    body = HEAD + _chunked(crlf, _tok(" c", "length") + USAGE + DONE)
+    p = feed(loop, [body])
+    assert (p.error, len(p.chunk_times), p.output_tokens) == (None, 3, 3)
+
+
+def test_comments_and_other_fields_are_ignored(loop: asyncio.AbstractEventLoop) -> None:
+    body = HEAD + _chunked(b": keep-alive\n\n", b"event: message\n" + _tok(" a"), _tok(" b", "length"), USAGE, DONE)
+    p = feed(loop, [body])
+    assert (p.error, len(p.chunk_times)) == (None, 2)
+
+
+def test_chat_role_chunk_is_not_the_first_token(loop: asyncio.AbstractEventLoop) -> None:
+    body = HEAD + _chunked(_chat({"role": "assistant", "content": ""}), _chat({"content": "Hi"}),
+                           _chat({"content": " there"}, "length"), USAGE, DONE)
+    role_only = HEAD + _chunked(_chat({"role": "assistant", "content": ""}))
+    p = feed(loop, [body])
+    assert (p.error, len(p.chunk_times)) == (None, 2)
+    assert feed(loop, [role_only], eof=False).first_token is None
+
+
+def test_empty_text_chunks_do_not_count(loop: asyncio.AbstractEventLoop) -> None:
+    body = HEAD + _chunked(_tok(""), _tok(" a"), _tok("", "length"), USAGE, DONE)
+    p = feed(loop, [body])
+    assert (p.error, len(p.chunk_times)) == (None, 1)
+
+
+def test_text_that_looks_like_json_keys_does_not_fool_the_fast_path(loop: asyncio.AbstractEventLoop) -> None:
+    sneaky = _tok('"usage": {"error": 1}, "finish_reason": "stop"')
+    p = feed(loop, [HEAD + _chunked(sneaky, _tok(" b", "length"), USAGE, DONE)])
+    assert (p.error, len(p.chunk_times), p.output_tokens) == (None, 2, 3)
+
+
+def test_a_content_length_body_without_chunking(loop: asyncio.AbstractEventLoop) -> None:
+    body = _tok(" a") + _tok(" b", "length") + USAGE + DONE
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: %d\r\n\r\n" % len(body)
+    p = feed(loop, splits(head + body, 5, 1))
+    assert (p.error, len(p.chunk_times)) == (None, 2)
+
+
+@pytest.mark.parametrize(("events", "kind"), [
+    ((_tok(" a"), b"data: {not json\n\n", DONE), "malformed_sse"),
+    ((_tok(" a"), b"data: [1, 2]\n\n", DONE), "malformed_sse"),
+    ((_tok(" a"), b'data: {"id": "x"}\n\n', DONE), "malformed_sse"),
+    ((_tok(" a"), _sse({"error": {"message": "boom", "code": 500}}), DONE), "server_error_event"),
+    ((_tok(" a"), _sse({"object": "error", "message": "boom"}), DONE), "server_error_event"),
+    ((_tok(" a"), USAGE), "incomplete_stream"),
+    ((_tok(" a"), DONE), "no_usage"),
+])
+def test_bad_streams_get_their_error_kind(loop: asyncio.AbstractEventLoop, events: tuple[bytes, ...],
+                                          kind: str) -> None:
+    p = feed(loop, [HEAD + _chunked(*events)])
+    assert p.error == kind, p.detail
+
+
+def test_a_connection_dropped_mid_stream_is_incomplete(loop: asyncio.AbstractEventLoop) -> None:
+    p = feed(loop, [HEAD + b"%x\r\n" % len(_tok(" a")) + _tok(" a") + b"\r\n"])
+    assert (p.error, len(p.chunk_times)) == ("incomplete_stream", 1)
+
+
+def test_a_connection_closed_before_any_response_is_connect(loop: asyncio.AbstractEventLoop) -> None:
+    assert feed(loop, []).error == "connect"
+
+
+@pytest.mark.parametrize(("status", "kind"), [(400, "http_400"), (404, "http_404"), (429, "http_429"),
+                                              (500, "http_5xx"), (503, "http_5xx"), (401, "http_other")])
+def test_http_errors_keep_the_servers_message(loop: asyncio.AbstractEventLoop, status: int, kind: str) -> None:
+    body = json.dumps({"error": {"message": "prompt too long", "code": status}}).encode()
+    resp = b"HTTP/1.1 %d X\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (
+        status, len(body), body)
+    p = feed(loop, splits(resp, 3, status), eof=False)  # the body's length ends it, not the close
+    assert p.error == kind and error_kind(status) == kind
+    assert p.detail == f"HTTP {status}: prompt too long"
+
+
+def test_http_error_with_chunked_or_eof_body(loop: asyncio.AbstractEventLoop) -> None:
+    chunked = b"HTTP/1.1 500 X\r\ntransfer-encoding: chunked\r\n\r\n" + _chunked(b'{"detail": "oops"}')
+    assert feed(loop, [chunked], eof=False).detail == "HTTP 500: oops"
+    eof = b"HTTP/1.1 502 Bad Gateway\r\n\r\nupstream down"
+    assert feed(loop, [eof]).detail == "HTTP 502: upstream down"
+
+
+def test_request_bytes() -> None:
+    ep = Endpoint.from_url("http://127.0.0.1:8000/v1", api_key="k")
+    assert (ep.host, ep.port, ep.prefix) == ("127.0.0.1", 8000, "")
+    body = request_body("chat", "m", "hi", 5)
+    assert body["messages"] == [{"role": "user", "content": "hi"}] and body["ignore_eos"] is True
+    assert body["stream_options"] == {"include_usage": True}
+    raw = http_request(ep, "/v1/chat/completions", body)
+    head, _, payload = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"POST /v1/chat/completions HTTP/1.1\r\n")
+    assert b"authorization: Bearer k" in head and b"content-length: %d" % len(payload) in head
+    assert json.loads(payload) == body
+    with pytest.raises(ValueError):
+        Endpoint.from_url("ftp://x")
+    with pytest.raises(ValueError):
+        request_body("embeddings", "m", "hi", 5)
+
+
+def test_against_the_fake_server(llm_fake_server: FakeServer) -> None:
+    for api in ("completions", "chat"):
+        rec = asyncio.run(stream_once(llm_fake_server.base_url, "fake-model", "one two three", 10, api=api))
+        assert rec.ok, rec.error_detail
+        assert rec.output_tokens == 10 and len(rec.chunk_times) == 10
+        assert rec.ttft is not None and rec.ttft >= 0.019  # the server waits 20 ms
+        assert rec.e2e >= 0.019 + 9 * 0.002
+
+
+def test_connection_refused_is_connect() -> None:
+    rec = asyncio.run(stream_once("http://127.0.0.1:1", "m", "x", 5))
+    assert rec.error == "connect"

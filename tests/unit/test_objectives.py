@@ -1,0 +1,65 @@
+"""SLO keys, selection, verdicts and the failure messages users read."""
+
+from __future__ import annotations
+
+import pytest
+
+from factories import cell
+from pytest_llmload.errors import ConfigError, SLOViolation
+from pytest_llmload.objectives import SLO, load_slo_file, parse_slo_line
+
+
+def test_latency_limits_in_seconds_and_milliseconds() -> None:
+    c = cell(ttft=0.1, itl=0.02)  # E2E = 0.1 + 99 * 0.02 = 2.08 s
+    SLO.from_kwargs({"e2e_p95_s": 2.1, "ttft_p99_ms": 101}, where="t").check(c)
+    with pytest.raises(SLOViolation) as exc:
+        SLO.from_kwargs({"e2e_p95_s": 2.0}, where="t").check(c)
+    text = str(exc.value)
+    assert "users=4 prompt_tokens=31" in text and "e2e p95: observed 2.08 s, limit <= 2 s" in text
+    assert "distribution: p50 2.08s" in text
+
+
+def test_throughput_is_a_lower_limit() -> None:
+    c = cell(ttft=0.1, itl=0.02)  # 100 tokens / 2.08 s = 48.1 tok/s per user
+    SLO.from_kwargs({"tokens_per_s_per_user_min": 48}, where="t").check(c)
+    with pytest.raises(SLOViolation, match=r"tokens_per_s_per_user min: observed 48.08 tok/s, limit >= 50"):
+        c.assert_slo(tokens_per_s_per_user_min=50)
+
+
+def test_failed_requests_miss_the_default_error_objective() -> None:
+    c = cell(users=4, failed=1)
+    with pytest.raises(SLOViolation, match=r"error_rate: observed 25.0%, limit <= 0.0%"):
+        c.assert_slo(e2e_p95_s=100)
+    c.assert_slo(e2e_p95_s=100, error_rate_max=0.25)
+
+
+def test_a_cell_that_could_not_run_is_a_miss_with_its_cause() -> None:
+    c = cell(users=2, failed=2, error="prompt longer than the context")
+    with pytest.raises(SLOViolation, match="could not run: prompt longer than the context"):
+        c.assert_slo(e2e_p95_s=100)
+
+
+@pytest.mark.parametrize("kwargs", [{"e2e_p95": 1}, {"latency": 1}, {"ttft_p95_us": 1}, {"e2e_p95_s": "x"},
+                                    {"users": 4}, {"e2e_p95_s": -1}, {"error_rate_max": 2}])
+def test_bad_keys_are_config_errors(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ConfigError):
+        SLO.from_kwargs(kwargs, where="marker")
+
+
+def test_selectors() -> None:
+    slo = SLO.from_kwargs({"users": [8, 32], "prompt_tokens": 480, "e2e_p95_s": 1}, where="t")
+    assert slo.applies_to(cell(users=32, prompt_tokens=480))
+    assert not slo.applies_to(cell(users=16, prompt_tokens=480))
+    assert not slo.applies_to(cell(users=32, prompt_tokens=31))
+
+
+def test_ini_line_and_toml_file(tmp_path: pytest.TempPathFactory) -> None:
+    slo = parse_slo_line("users=32 prompt_tokens=31,63 e2e_p95_s=20", "ini")
+    assert slo.users == {32} and slo.prompt_tokens == {31, 63}
+    path = tmp_path / "deploy.toml"  # type: ignore[operator]
+    path.write_text('[[slo]]\nname = "chat"\nusers = 32\ne2e_p95_s = 20\n[[slo]]\ntokens_per_s_per_user_min = 20\n')
+    slos = load_slo_file(str(path))
+    assert [s.name for s in slos] == ["chat", None]
+    path.write_text("[[slo]]\nlatency = 3\n")
+    with pytest.raises(ConfigError, match=r"deploy.toml \[\[slo\]\] #1: unknown objective 'latency'"):
+        load_slo_file(str(path))
