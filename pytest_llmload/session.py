@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from .server import ServerHandle
     from .server.attach import AttachedServer
     from .server.launch import VLLMServer
+    from .server.placement import Placement, PlacementReport
     from .server.presets import ModelChoice, Preset
     from .server.spec import ServerSpec
 
@@ -40,6 +41,8 @@ class LoadSession:
         self.server_started = False  # True when we launched it (then its log is ours to show)
         self.model_choice: ModelChoice | None = None
         self.spec: ServerSpec | None = None  # what we launched (None when attached)
+        self.placement: Placement | None = None  # where the client and a launched server run (None: not pinned)
+        self.placement_report: PlacementReport | None = None
         self._runner: LoadRunner | None = None
         self._stack = contextlib.ExitStack()
         self._writer: ReportWriter | None = None
@@ -56,10 +59,12 @@ class LoadSession:
             raise self._start_error  # a server that failed to start is not started again for every test
         if self.server is None:
             try:
+                self.placement = self._plan_placement()
                 self.server = self._stack.enter_context(self._server_context())
             except LLMLoadError as exc:
                 self._start_error = exc
                 raise
+            self.placement_report = self._place_client(self.server)
             self.run.environment = self._environment(self.server)
         return self.server
 
@@ -82,6 +87,31 @@ class LoadSession:
             server = VLLMServer(self.spec)
         return server
 
+    def _plan_placement(self) -> Placement | None:
+        """Where the client (and a server we launch) will run; None leaves both where the OS puts them."""
+        from .server.placement import allowed_cpus, plan_cpu_placement, plan_pinned_client
+        from .server.spec import resolve_device
+
+        s = self.settings
+        try:
+            if not s.base_url and resolve_device(s.device) == "cpu":
+                return plan_cpu_placement(allowed_cpus(), s.client_cpus)
+            return None if s.client_cpus is None else plan_pinned_client(allowed_cpus(), s.client_cpus)
+        except ValueError as exc:
+            raise ConfigError(f"--llm-client-cpus: {exc}") from None
+
+    def _place_client(self, server: ServerHandle) -> PlacementReport:
+        """Move every thread of ours to the planned CPUs (restored at close), then check where both sides
+        may actually run."""
+        from .server.placement import Placement, allowed_cpus, check_placement, set_own_affinity
+
+        plan = self.placement
+        if plan is not None and plan.policy in ("isolated", "given"):
+            original = allowed_cpus()
+            set_own_affinity(plan.client_cpus)
+            self._stack.callback(set_own_affinity, original)
+        return check_placement(plan or Placement(allowed_cpus(), note="not pinned"), server.tree_pids())
+
     def server_spec(self) -> ServerSpec:
         """The ServerSpec: the model's preset layout, overridden by every layout option given."""
         from .server.presets import resolve_model
@@ -95,6 +125,9 @@ class LoadSession:
             choice, **{k: v for k, v in given.items() if v is not None},
             gpus=s.gpus, extra_args=tuple(s.server_arg), startup_timeout_s=s.startup_timeout, host=s.host,
             device=s.device, log_dir=self.report_dir(), cache_dir=s.cache_path(),
+            cpus=self.placement.server_cpus if self.placement else (),
+            nice=self.placement.server_nice if self.placement else 0,
+            env=self.placement.server_env() if self.placement else {},
         )
 
     def server_log_tail(self, lines: int = 40) -> str:
@@ -120,6 +153,9 @@ class LoadSession:
             "workload": {"max_tokens": s.max_tokens, "api": s.api, "rounds": s.rounds,
                          "shared_prefix": s.shared_prefix},
         })
+        if self.placement_report is not None:
+            env["placement"] = self.placement_report.to_dict()
+            env.setdefault("warnings", []).extend(f"placement: {p}" for p in self.placement_report.problems)
         return env
 
     # --- measuring ---------------------------------------------------------------------------------
@@ -152,13 +188,17 @@ class LoadSession:
     def _observers(self, server: ServerHandle) -> list[CellObserver]:
         from .observe.gpu import GpuTelemetry
         from .observe.physical import PhysicalLimitObserver
+        from .observe.processes import ProcessCpuObserver
         from .observe.server_metrics import ServerMetricsObserver
+        from .server.placement import allowed_cpus
 
         gpus = None if not self.settings.gpus else [int(g) for g in self.settings.gpus.split(",")]
         observers: list[CellObserver] = [
             GpuTelemetry(interval_s=self.settings.telemetry_interval, gpu_indices=gpus),
             ServerMetricsObserver(server.base_url, api_key=server.api_key or self.settings.api_key),
         ]
+        if self.server_started:
+            observers.append(ProcessCpuObserver(server.tree_pids, allowed_cpus))
         facts = self._model_facts()
         if facts is not None:
             tp = self.spec.tensor_parallel if self.spec else (self.settings.tp or 1)
