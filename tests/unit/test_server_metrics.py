@@ -10,6 +10,8 @@ import pytest
 
 from pytest_llmload.results import CellResult, CellSpec, RequestRecord
 from pytest_llmload.observe.server_metrics import (
+    gauges,
+    peek_gauges,
     Histogram,
     ServerMetricsObserver,
     deltas,
@@ -308,3 +310,14 @@ def test_a_failed_closing_scrape_is_a_warning_for_that_cell_only():
 
 
 # -- a real vLLM --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("page", [
+    vllm_metrics(**BEFORE, running=2, waiting=3, kv=0.4),
+    vllm_metrics(**AFTER, kv_name="vllm:gpu_cache_usage_perc"),
+    "# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running{engine=\"0\"} 1\nvllm:num_requests_running{engine=\"1\"} 2\n",
+    "",
+])
+def test_the_pollers_line_scan_reads_the_gauges_the_full_parser_reads(page):
+    """The poller scans lines instead of parsing the page (it runs on the client's core during a cell)."""
+    assert peek_gauges(page) == gauges(parse_prometheus(page))
