@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 SESSION_KEY = pytest.StashKey[LoadSession]()
 SETTINGS_KEY = pytest.StashKey[Settings]()
 CELLS_KEY = pytest.StashKey[list[CellResult]]()
+JUDGED_KEY = pytest.StashKey[set[int]]()  # id() of the cells an objective was checked against in the test
 FINISH_KEY = pytest.StashKey["FinishState"]()  # the cells a test measured or read, for its llm_slo marker
 
 MARKER_HELP = ("llm_slo(**objectives): objectives checked against the cells the test measured, e.g. "
@@ -173,6 +174,7 @@ def llm_cell(request: pytest.FixtureRequest, llm_server: ServerHandle, llm_sessi
     users, prompt_tokens = request.param
     cell = llm_session.cached_cell(users, prompt_tokens)
     request.node.stash.setdefault(CELLS_KEY, []).append(cell)
+    request.node.stash.setdefault(JUDGED_KEY, set()).add(id(cell))
     with slo_mod.observing(allow_invalid=llm_session.settings.allow_invalid):
         slo_mod.require_valid(cell, "this test")  # an error at setup: the test never sees invalid numbers
     return cell
@@ -229,6 +231,7 @@ def _property_recorder(item: pytest.Item) -> Callable[[slo_mod.SLO, slo_mod.Judg
     """An objectives observer putting each observed value into the item's JUnit XML properties."""
 
     def record(objective: slo_mod.SLO, cell: slo_mod.Judged) -> None:
+        item.stash.setdefault(JUDGED_KEY, set()).add(id(cell))  # its validity was judged by the check
         for obj, observed, _met in objective.evaluate(cell):
             value = "n/a" if observed is None else f"{observed:.6g}"
             item.user_properties.append((f"{obj.property_name}[u{cell.users}-p{cell.prompt_tokens}]", value))
@@ -248,8 +251,10 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
 
 
 def _warn_about_invalid_cells(item: pytest.Item) -> None:
-    """A test that passed on cells the tool cannot vouch for (its own asserts read them) says so."""
-    invalid = {id(c): c for c in item.stash.get(CELLS_KEY, []) if not c.valid}
+    """A test that passed on cells the tool cannot vouch for (its own asserts read them) says so; cells
+    an objective was checked against have had their say already."""
+    judged = item.stash.get(JUDGED_KEY, set())
+    invalid = {id(c): c for c in item.stash.get(CELLS_KEY, []) if not c.valid and id(c) not in judged}
     for cell in invalid.values():
         warnings.warn(InvalidMeasurementWarning(slo_mod.invalid_message(cell, "its numbers")), stacklevel=1)
 
