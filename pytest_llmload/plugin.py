@@ -262,8 +262,10 @@ class ObjectiveItem(pytest.Item):
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException],
                      style: Any = None) -> str | Any:
-        if isinstance(excinfo.value, (SLOViolation, LLMLoadError)):
+        if isinstance(excinfo.value, SLOViolation):
             return f"objective {self.name!r} ({self.slo.source}) missed:\n{excinfo.value}"
+        if isinstance(excinfo.value, LLMLoadError):
+            return f"objective {self.name!r} ({self.slo.source}) could not be checked:\n{excinfo.value}"
         return super().repr_failure(excinfo, style=style)
 
     def reportinfo(self) -> tuple[Path, int | None, str]:

@@ -133,3 +133,13 @@ def test_a_capacity_marker_is_checked_like_a_configured_objective(pytester: pyte
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*at prompt_tokens=31: expected at least 2 users*"])
     result.stdout.fnmatch_lines(["*at prompt_tokens=63: expected at least 2 users*"])
+
+
+def test_an_unreachable_server_fails_each_objective_saying_why(pytester: pytest.Pytester) -> None:
+    pytester.makefile(".toml", deploy=DEPLOY.format(latency=30))
+    result = pytester.runpytest_subprocess("--llm-slo-file=deploy.toml", "--llm-base-url=http://127.0.0.1:9",
+                                           "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines(["objective 'chat latency' (deploy.toml [[]?slo]] #1) could not be checked:",
+                                 "*127.0.0.1:9*"])
