@@ -113,3 +113,13 @@ def test_pytest_benchmark_shows_no_table_of_cells_unless_asked(pytester: pytest.
     asked.assert_outcomes(passed=1)
     (entry,) = json.loads((pytester.path / "bench.json").read_text())["benchmarks"]
     assert entry["name"] == "llmload_e2e[users=3-prompt_tokens=31-max_tokens=5]" and entry["stats"]["rounds"] == 3
+
+
+def test_works_without_pytest_benchmark(pytester: pytest.Pytester, llm_fake_server: FakeServer) -> None:
+    """pytest-benchmark is an optional extra: without it (here: disabled) nothing is missing or reported."""
+    pytester.makepyfile(LOAD_TEST)
+    result = pytester.runpytest_subprocess(f"--llm-base-url={llm_fake_server.base_url}", "-p", "no:cacheprovider",
+                                           "-p", "no:benchmark", "-W", "error")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*Time to resolve*", "*pytest-llmload reports:*"])
+    assert "pytest-llmload: " not in result.stdout.str()  # no problem line from the end of the session
