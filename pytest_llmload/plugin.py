@@ -396,7 +396,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 def pytest_report_teststatus(report: pytest.TestReport) -> tuple[str, str, str] | None:
     """An invalid measurement is an error (the tool could not measure), not a failure of the server."""
-    if report.failed and ("llm_invalid_measurement", "true") in report.user_properties:
+    if report.failed and ("llm_invalid_measurement", "true") in getattr(report, "user_properties", ()):
         return "error", "E", "ERROR (invalid measurement)"
     return None
 

@@ -69,3 +69,10 @@ def test_the_table_check_catches_a_fused_row_and_a_bare_pipe() -> None:
     for text in (fused, bare):
         (header, _, row) = _tables(text)[0]
         assert len(_cells(row)) != len(_cells(header))
+
+
+def test_test_files_have_unique_basenames() -> None:
+    """The layers share one sys.path entry per folder (rootdir-relative imports): two test files of one
+    name in two layers make the second fail to collect in a full run."""
+    names = [p.name for p in (ROOT / "tests").rglob("test_*.py")]
+    assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
