@@ -5,6 +5,7 @@ did (`GET /fake/truth`, CLOCK_MONOTONIC like the client), as `benchmarks/bench_a
 from __future__ import annotations
 
 import json
+import os
 import socket
 import statistics
 import subprocess
@@ -29,6 +30,23 @@ def http_json(url: str, body: dict[str, Any] | None = None) -> Any:
     req = urllib.request.Request(url, data=data, headers={"content-type": "application/json"})
     with urllib.request.urlopen(req, timeout=30) as r:
         return json.loads(r.read() or b"null")
+
+
+def gone(pids: list[int], within_s: float = 5.0) -> bool:
+    """Whether every one of these processes has exited (waiting up to `within_s`)."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        alive = []
+        for pid in pids:
+            try:
+                os.kill(pid, 0)
+                alive.append(pid)
+            except ProcessLookupError:
+                pass
+        if not alive:
+            return True
+        time.sleep(0.05)
+    return False
 
 
 @contextmanager

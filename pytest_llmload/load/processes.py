@@ -215,6 +215,11 @@ class ProcessBackend:
             await self.stop_cell()
             raise
 
+    @property
+    def running(self) -> bool:
+        """Whether a cell was started and has not finished or been stopped."""
+        return bool(self._running)
+
     def go(self, t0: float) -> None:
         """Every worker writes its requests at `t0` (a perf_counter() instant: CLOCK_MONOTONIC)."""
         for proc in self._running:
@@ -351,11 +356,24 @@ async def _serve(sock: socket.socket) -> None:
         writer.close()
 
 
+def _raise_open_files_limit() -> None:
+    """One connection per stream: a worker with thousands of streams needs more than the usual 1024 files."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, ValueError, OSError):
+        pass  # not Linux, or not allowed: connections beyond the limit fail as `connect`, counted
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry of a worker process: `python -m pytest_llmload.load.processes FD CPU|-`."""
     fd, cpu = (argv if argv is not None else sys.argv[1:])[:2]
     if cpu != "-":
         os.sched_setaffinity(0, {int(cpu)})
+    _raise_open_files_limit()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator decides when a cell stops
     sock = socket.socket(fileno=int(fd))
     loop = new_event_loop()

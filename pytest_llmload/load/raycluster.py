@@ -8,7 +8,7 @@ per alive node (`STRICT_SPREAD`) by default, or K actors where `--llm-load-worke
 process on its node (`processes.ProcessBackend`) and relays its shard to it: the same worker code
 (`worker.ShardRunner` on uvloop) in a process of its own. (Run inside the actor's process, beside Ray's
 threads, the loop timestamped [DONE] 20 ms late at 512 users on two cores; in its own process, as
-accurately as one local worker: see benchmarks/results/workers.md.)
+accurately as one local worker: see benchmarks/README.md.)
 
 Clocks: hosts do not share CLOCK_MONOTONIC. The start barrier is therefore a wall-clock instant
 (`time.time_ns()`, `RAY_GO_LEAD_S` ahead) that each actor converts to its host's monotonic clock
@@ -25,6 +25,7 @@ import asyncio
 import importlib
 import ipaddress
 import os
+import re
 import socket
 import time
 from collections.abc import Sequence
@@ -60,6 +61,7 @@ class ShardActor:
         from .processes import ProcessBackend
 
         self._worker = ProcessBackend(1)
+        self._preparing: asyncio.Future[None] | None = None
         self.counts = [0, 0]
 
     def _count(self, ok: int, failed: int) -> None:
@@ -78,13 +80,19 @@ class ShardActor:
     async def prepare(self, job: ShardJob) -> None:
         """Hand the shard to the worker; return once it is connected and waits for the start."""
         self.counts = [0, 0]
-        await self._worker.start_cell([job], self._count)
+        self._preparing = asyncio.ensure_future(self._worker.start_cell([job], self._count))
+        await asyncio.shield(self._preparing)
 
     async def go(self, t_unix_ns: int) -> None:
         """Start when this host's wall clock reads `t_unix_ns`: that instant on this host's monotonic clock."""
         self._worker.go(monotonic_at_wall(t_unix_ns))
 
-    async def result(self) -> ShardOutcome:
+    async def result(self) -> ShardOutcome | None:
+        """The shard's outcome once it ended; None when it never started (its preparation failed)."""
+        if self._preparing is not None:  # one thing at a time on the worker's socket: first the start
+            await asyncio.gather(self._preparing, return_exceptions=True)
+        if not self._worker.running:
+            return None
         [outcome] = await self._worker.finish()
         return outcome
 
@@ -121,6 +129,7 @@ class RayBackend:
         self._running: list[Any] = []
         self._strategy = ""
         self._clock: dict[str, Any] = {}
+        self._seen: list[tuple[int, int]] = []  # requests (ok, failed) each actor had reported
 
     # ---- the cluster ------------------------------------------------------------------------------------
     def size(self) -> int:
@@ -170,25 +179,34 @@ class RayBackend:
         actors = self._start()[:len(jobs)]
         self._check_reachable(jobs)
         self._running = actors
+        self._seen = [(0, 0)] * len(actors)
+        results: list[Any] = []  # the actors' result() calls, once made (each is made once)
         poller: asyncio.Future[None] | None = None
         try:
-            await asyncio.gather(*(_await(a.prepare.remote(job)) for a, job in zip(actors, jobs)))
+            await asyncio.gather(*(_await(a.prepare.remote(job), k) for k, (a, job) in enumerate(zip(actors, jobs))))
             offsets, uncertainty = await self._clock_offsets(actors)
             t_unix_ns = time.time_ns() + round(RAY_GO_LEAD_S * 1e9)
             for actor in actors:
                 actor.go.remote(t_unix_ns)
             poller = asyncio.ensure_future(self._poll_progress(actors, on_progress))
-            outcomes: list[ShardOutcome] = list(await asyncio.gather(*(_await(a.result.remote()) for a in actors)))
-        except BaseException:
+            results = [a.result.remote() for a in actors]
+            outcomes: list[ShardOutcome] = list(await asyncio.gather(*(_await(r, k) for k, r in enumerate(results))))
+        except BaseException as exc:  # cancelled (Ctrl-C) or an actor failed: stop every actor's requests
             self.abort("timeout", "cell cancelled")
-            await asyncio.wait([asyncio.ensure_future(_await(a.result.remote())) for a in actors],
-                               timeout=DRAIN_TIMEOUT_S)
+            refs = results or [a.result.remote() for a in actors]
+            drain = asyncio.gather(*(_await(r) for r in refs), return_exceptions=True)
+            try:
+                await asyncio.wait_for(drain, DRAIN_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                pass  # the actors are dropped or killed at close; their workers exit with their sockets
+            if isinstance(exc, LoadWorkerError):
+                self._drop_actors(import_ray())  # the next cell gets fresh ones
             raise
         finally:
             self._running = []
             if poller is not None:
                 poller.cancel()
-        await self._final_progress(actors, on_progress)
+        await self._report_progress(actors, on_progress)
         # The start instant on this host's monotonic clock, for the cell's anchor (t0_monotonic_ns).
         t0 = (time.perf_counter_ns() - (time.time_ns() - t_unix_ns)) / 1e9
         self._clock = {"offsets_ms": {str(k): v / 1e6 for k, v in offsets.items()},
@@ -212,16 +230,15 @@ class RayBackend:
         return {k: offset for k, (_, offset) in enumerate(samples)}, max(rtt for rtt, _ in samples) / 2e9
 
     async def _poll_progress(self, actors: Sequence[Any], on_progress: OnProgress) -> None:
-        self._seen = [(0, 0)] * len(actors)
         while True:
             await asyncio.sleep(PROGRESS_EVERY_S)
-            await self._final_progress(actors, on_progress)
+            await self._report_progress(actors, on_progress)
 
-    async def _final_progress(self, actors: Sequence[Any], on_progress: OnProgress) -> None:
-        seen = getattr(self, "_seen", None) or [(0, 0)] * len(actors)
+    async def _report_progress(self, actors: Sequence[Any], on_progress: OnProgress) -> None:
+        """The requests the actors finished since the last report."""
         counts = await asyncio.gather(*(_await(a.progress.remote()) for a in actors))
-        for k, (ok, failed) in enumerate(counts):
-            on_progress(ok - seen[k][0], failed - seen[k][1])
+        for (ok, failed), (ok0, failed0) in zip(counts, self._seen):
+            on_progress(ok - ok0, failed - failed0)
         self._seen = list(counts)
 
     def abort(self, kind: str, detail: str) -> None:
@@ -239,7 +256,14 @@ class RayBackend:
         self._shutdown(ray)
 
     def _shutdown(self, ray: Any) -> None:
-        actors, self._actors = self._actors, []
+        self._drop_actors(ray)
+        if self._owns_ray:
+            ray.shutdown()
+            self._owns_ray = False
+
+    def _drop_actors(self, ray: Any) -> None:
+        """Stop the actors (their worker processes close their sockets and exit), remove the placement group."""
+        actors, self._actors, self._hello = self._actors, [], []
         for actor in actors:
             try:
                 ray.get(actor.stop.remote(), timeout=DRAIN_TIMEOUT_S)
@@ -251,16 +275,21 @@ class RayBackend:
 
             remove_placement_group(self._pg)
             self._pg = None
-        if self._owns_ray:
-            ray.shutdown()
-            self._owns_ray = False
 
 
-async def _await(ref: Any) -> Any:
+async def _await(ref: Any, actor: int | None = None) -> Any:
     """An ObjectRef awaited on any event loop (uvloop included); Ray's errors become LoadWorkerError."""
     try:
         return await asyncio.wrap_future(ref.future())
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # noqa: BLE001 - RayActorError, RayTaskError: a worker failed
-        raise LoadWorkerError(f"a Ray load actor failed: {exc}") from exc
+        who = "a Ray load actor" if actor is None else f"Ray load actor {actor}"
+        raise LoadWorkerError(f"{who} failed: {_ray_error_text(exc)}") from exc
+
+
+def _ray_error_text(exc: Exception) -> str:
+    """What went wrong, without Ray's wrapping: the exception raised in the actor, else the first line."""
+    cause = getattr(exc, "cause", None)
+    text = str(cause) if isinstance(cause, BaseException) else str(exc).strip().splitlines()[0]
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)

@@ -253,7 +253,9 @@ class LoadRunner:
             ran = await work_task
         finally:
             watcher.cancel()
-            work_task.cancel()
+            if not work_task.done():  # cancelled (Ctrl-C): let the backend stop its workers before we go on
+                work_task.cancel()
+                await asyncio.gather(work_task, return_exceptions=True)
         merged = merge_outcomes(ran.outcomes, spec, arrivals, n, ran.clock_offsets_ns)
         self.last_t0 = ran.t0
         if self._dead is None and merged.lost_connection:

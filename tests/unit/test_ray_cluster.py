@@ -9,8 +9,10 @@ installs the extra and must run them.
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -21,7 +23,7 @@ from pytest_llmload.load.runner import LoadRunner
 from pytest_llmload.load.worker import LoadWorkerError
 from pytest_llmload.results import CellSpec
 from pytest_llmload.testing.fakeserver import FakeServer
-from wire import fake_server_process, measure
+from wire import fake_server_process, gone, measure
 
 ray: Any = __import__("ray") if os.environ.get("CI") else pytest.importorskip("ray")
 
@@ -87,6 +89,40 @@ def test_rounds_open_loop_and_server_death_through_actors(ray_cluster: Any, llm_
         assert time.perf_counter() - t < 20  # not the 60 s request timeout
     assert not died.ok and died.error is not None and died.error.startswith("server died (exit code 137)")
     assert [r.error for r in died.records] == ["server_died"] * 4
+
+
+def test_a_crashed_worker_and_ctrl_c_leave_no_process_behind(ray_cluster: Any, llm_fake_server: FakeServer) -> None:
+    llm_fake_server.configure(fault="hang")
+    with ray_runner(llm_fake_server.base_url, request_timeout_s=30) as runner:
+        backend = runner.backend
+        assert isinstance(backend, raycluster.RayBackend) and backend.size() == 2
+        first = [h["pid"] for h in backend._hello]  # noqa: SLF001 - the actors' worker processes
+
+        def when_all_arrived(then: Callable[[], None]) -> None:
+            seen = len(llm_fake_server.truth)
+            deadline = time.perf_counter() + 20
+            while len(llm_fake_server.truth) < seen + 4 and time.perf_counter() < deadline:
+                time.sleep(0.02)
+            then()
+
+        threading.Thread(target=when_all_arrived, args=(lambda: os.kill(first[1], signal.SIGKILL),), daemon=True).start()
+        crashed = runner.run_cell_kw(4, 16, 3)
+        assert not crashed.ok and crashed.error is not None
+        assert crashed.error.startswith("Ray load actor 1 failed: load worker 0") and "exited with -9" in crashed.error
+        second = [h["pid"] for h in backend._hello]  # noqa: SLF001
+        assert not set(second) & set(first) and gone(first)  # fresh actors for the next cell
+
+        threading.Thread(target=when_all_arrived, args=(lambda: os.kill(os.getpid(), signal.SIGINT),),
+                         daemon=True).start()
+        with pytest.raises(KeyboardInterrupt):
+            runner.run_cell_kw(4, 16, 3)
+        second = [h["pid"] for h in backend._hello]  # noqa: SLF001
+    assert gone(second) and given_back(ray_cluster) == 2.0
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    deadline = time.perf_counter() + 5
+    while llm_fake_server._protocols and time.perf_counter() < deadline:  # noqa: SLF001
+        time.sleep(0.02)
+    assert not llm_fake_server._protocols  # noqa: SLF001 - every connection closed
 
 
 def test_a_server_on_loopback_is_refused_for_actors_on_other_nodes(ray_cluster: Any) -> None:

@@ -26,28 +26,12 @@ from pytest_llmload.results import CellSpec
 from pytest_llmload.server.placement import Placement
 from pytest_llmload.session import LoadSession
 from pytest_llmload.testing.fakeserver import FakeServer
-from wire import fake_server_process, measure
+from wire import fake_server_process, gone, measure
 
 
 def runner_for(base_url: str, **kw: object) -> LoadRunner:
     kw.setdefault("progress", False)
     return LoadRunner(base_url, "fake-model", **kw)  # type: ignore[arg-type]
-
-
-def gone(pids: list[int], within_s: float = 5.0) -> bool:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        alive = []
-        for pid in pids:
-            try:
-                os.kill(pid, 0)
-                alive.append(pid)
-            except ProcessLookupError:
-                pass
-        if not alive:
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def all_closed(server: FakeServer, within_s: float = 5.0) -> bool:
