@@ -11,6 +11,10 @@ then describe the client. So during each cell the runner watches its own event l
 - the start spread of the requests meant to start together (the first round of a closed-loop cell) or,
   in an open loop, how late requests went out against their schedule.
 
+With several load workers (`shard.py`) every worker watches its own loop; `judge_cell` holds each
+worker to the same rules (a cell is invalid if any worker's loop is) and the start spread across all
+of them, plus, for workers on other hosts' clocks (Ray), the barrier skew and the clock uncertainty.
+
 `judge` turns these, and what the observers found (their sections' "invalid" lists: the client-vs-server
 cross-checks), into the cell's `invalid_reasons`. An invalid cell keeps its numbers for diagnosis,
 but is never reported or used as a measurement.
@@ -158,10 +162,28 @@ def judge_cell(checks: Sequence[ClientCheck], start_spread_s: float, e2e_p50_s: 
     for k, check in enumerate(checks):
         prefix = f"load worker {k}: " if len(checks) > 1 else ""
         reasons.extend(prefix + reason for reason in _loop_reasons(check, limit))
+    reasons.extend(_shared_core_reasons(checks))
     if prompt_mismatches:
         reasons.append(f"{prompt_mismatches} request(s) did not carry a prompt of {prompt_tokens} tokens "
                        "(usage.prompt_tokens differs)")
     return (*reasons, *observer_reasons)
+
+
+def _shared_core_reasons(checks: Sequence[ClientCheck]) -> list[str]:
+    """Workers that may run only on the same CPUs (more workers than client cores) saturate them together,
+    even when each loop alone looks idle enough."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for k, check in enumerate(checks):
+        if check.cpus and check.wall_s >= MIN_BUSY_WALL_S:
+            groups.setdefault(check.cpus, []).append(k)
+    reasons = []
+    for cpus, members in groups.items():
+        busy = sum(checks[k].busy for k in members)
+        if len(members) > 1 and busy > BUSY_LIMIT * len(cpus):
+            reasons.append(f"load workers {', '.join(map(str, members))} share CPU(s) {','.join(map(str, cpus))} and "
+                           f"kept them {busy / len(cpus):.0%} busy (> {BUSY_LIMIT:.0%}): the client was saturated; "
+                           "give the client more cores or use fewer workers")
+    return reasons
 
 
 def _loop_reasons(check: ClientCheck, limit: float) -> list[str]:

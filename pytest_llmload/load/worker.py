@@ -1,8 +1,9 @@
 """The worker code: one shard of a cell on one event loop, the same wherever that loop runs.
 
 `ShardRunner` runs a shard (`shard.ShardJob`) on the running loop. In-process (one load worker, the
-default on a small machine), in a worker process (`processes.py`) and in a Ray actor (`raycluster.py`)
-it is the same code; only the start gate and the way its outcome travels differ:
+default on a small machine) and in a worker process (`processes.py`, which is also what each Ray actor
+starts on its node: `raycluster.py`) it is the same code; only the start gate and the way its outcome
+travels differ:
 
 - closed loop: every connection of the shard's first round is opened, the shard says it is ready
   (`StartGate.start_at`), waits for the start instant and writes all its requests in one tight loop;

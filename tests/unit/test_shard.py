@@ -158,6 +158,14 @@ def test_a_cell_is_invalid_when_any_worker_is() -> None:
     assert judge_cell([stalled], 0.001, 0.5) == judge(stalled, 0.5)  # one worker: the reasons as always
 
 
+def test_workers_sharing_a_core_saturate_it_together() -> None:
+    half = check(cpu_s=0.5, cpus=(1,))  # each loop alone: 50 % busy, below the limit
+    [reason] = judge_cell([half, half], 0.001, 0.5)
+    assert reason.startswith("load workers 0, 1 share CPU(s) 1 and kept them 100% busy (> 90%)")
+    assert judge_cell([half, check(cpu_s=0.5, cpus=(2,))], 0.001, 0.5) == ()  # a core each
+    assert judge_cell([check(cpu_s=0.5, cpus=(0, 1)), check(cpu_s=0.5, cpus=(0, 1))], 0.001, 0.5) == ()
+
+
 def test_the_barrier_skew_and_clock_uncertainty_count_in_the_verdict() -> None:
     reasons = judge_cell([check(), check()], 0.001, 0.5, barrier_skew_s=0.08, clock_uncertainty_s=0.07)
     assert "their first writes lay 80 ms apart on one clock (> 50 ms)" in reasons[0]
