@@ -172,6 +172,7 @@ class ProcessBackend:
         self.cpus = tuple(cpus)  # each worker is pinned to one of these (round-robin); () leaves them unpinned
         self._procs: list[_WorkerProcess] = []
         self._running: list[_WorkerProcess] = []
+        self._aborted: tuple[str, str] | None = None  # the last abort of the cell being run
 
     def size(self) -> int:
         return self.workers
@@ -204,12 +205,15 @@ class ProcessBackend:
     # The phases of `run`, apart, for a coordinator that picks the start itself (a Ray actor: raycluster.py).
     async def start_cell(self, jobs: Sequence[ShardJob], on_progress: OnProgress) -> None:
         """Hand out the shards; return once every worker is connected and waits for "go"."""
+        self._aborted = None
         procs = (await self._started())[:len(jobs)]
         self._running = procs
         try:
             for proc, job in zip(procs, jobs):
                 proc.on_progress = on_progress
                 proc.send("cell", job)
+            if self._aborted is not None:  # the server died (or Ctrl-C) while the workers were starting
+                self.abort(*self._aborted)
             await _all(p.expect("ready") for p in procs)
         except BaseException:  # cancelled (Ctrl-C), or a worker failed: stop every worker's requests
             await self.stop_cell()
@@ -253,6 +257,7 @@ class ProcessBackend:
         await asyncio.gather(*(one(p) for p in procs), return_exceptions=True)
 
     def abort(self, kind: str, detail: str) -> None:
+        self._aborted = (kind, detail)  # for a cell still starting: its workers get it once they have it
         for proc in self._running:
             proc.send("abort", kind, detail)
 

@@ -130,6 +130,7 @@ class RayBackend:
         self._strategy = ""
         self._clock: dict[str, Any] = {}
         self._seen: list[tuple[int, int]] = []  # requests (ok, failed) each actor had reported
+        self._aborted: tuple[str, str] | None = None  # the last abort of the cell being run
 
     # ---- the cluster ------------------------------------------------------------------------------------
     def size(self) -> int:
@@ -180,10 +181,13 @@ class RayBackend:
         self._check_reachable(jobs)
         self._running = actors
         self._seen = [(0, 0)] * len(actors)
+        self._aborted = None
         results: list[Any] = []  # the actors' result() calls, once made (each is made once)
         poller: asyncio.Future[None] | None = None
         try:
             await asyncio.gather(*(_await(a.prepare.remote(job), k) for k, (a, job) in enumerate(zip(actors, jobs))))
+            if self._aborted is not None:  # an actor may have run the abort before its prepare: again, now
+                self.abort(*self._aborted)
             offsets, uncertainty = await self._clock_offsets(actors)
             t_unix_ns = time.time_ns() + round(RAY_GO_LEAD_S * 1e9)
             for actor in actors:
@@ -242,6 +246,7 @@ class RayBackend:
         self._seen = list(counts)
 
     def abort(self, kind: str, detail: str) -> None:
+        self._aborted = (kind, detail)
         for actor in self._running:
             actor.abort.remote(kind, detail)
 

@@ -148,6 +148,8 @@ class ShardRunner:
         await self._connect_all(first)
         t0 = await gate.start_at(0.0)
         await sleep_until_precisely(t0)
+        if self.dead is not None:  # the server died before the start (an abort that came while connecting)
+            self.abort("server_died", self.dead)
         for req in first:  # the tight loop: nothing else between the writes
             req.send()
         done: list[StreamRequest] = []
@@ -199,7 +201,10 @@ class ShardRunner:
 
         async def one(req: StreamRequest) -> None:
             async with sem:
-                await req.connect(self._connect_timeout)
+                if self.dead is None:
+                    await req.connect(self._connect_timeout)
+                else:
+                    req.fail_now("server_died", self.dead)
 
         await asyncio.gather(*(one(r) for r in reqs))
 

@@ -115,6 +115,19 @@ def test_server_death_stops_every_worker_and_fails_later_cells_fast(llm_fake_ser
     assert all_closed(llm_fake_server)
 
 
+def test_a_server_death_while_the_workers_start_still_stops_them(llm_fake_server: FakeServer) -> None:
+    llm_fake_server.configure(fault="hang")
+    with runner_for(llm_fake_server.base_url, workers=2, request_timeout_s=60) as runner:
+        runner._run(runner._prompt_factory())  # noqa: SLF001 - sized first: the death falls in the workers' start
+        dead_at = time.perf_counter() + 0.05  # the first cell spawns the workers: that takes longer
+        runner.server_status = lambda: 137 if time.perf_counter() > dead_at else None
+        t = time.perf_counter()
+        cell = runner.run_cell_kw(4, 16, 3)
+        assert time.perf_counter() - t < 15  # not the 60 s request timeout
+    assert not cell.ok and cell.error is not None and cell.error.startswith("server died (exit code 137)")
+    assert all_closed(llm_fake_server)
+
+
 def test_request_timeouts_apply_in_the_workers(llm_fake_server: FakeServer) -> None:
     llm_fake_server.configure(fault="hang")
     with runner_for(llm_fake_server.base_url, workers=2, request_timeout_s=0.5) as runner:
