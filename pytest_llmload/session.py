@@ -5,11 +5,18 @@ this module imports pytest, so a plain script can drive a whole run the same way
 
     with LoadSession(Settings(model="tiny", users=(1, 8))) as s:
         s.matrix()           # runs every cell, writes reports as it goes
+
+Repeats and A/B: every cell is measured `settings.effective_repeats` times (`matrix()` in that many
+passes; a cell measured on its own gets its other repeats from `complete_repeats()`, which the end of
+the session calls). With a candidate (`--llm-candidate-*`), `self.candidate` is a second LoadSession
+(its own server, runner and run, reports under <report dir>/candidate) and every measurement is made on
+both servers, in the order A B, B A, A B... (alternating by repeat and by cell), one at a time.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -17,6 +24,10 @@ from typing import TYPE_CHECKING, Any, TextIO
 from .errors import ConfigError, LLMLoadError
 from .options import Settings
 from .results import CellResult, CellSpec, RunResult
+from .vocabulary import SERVER_START
+
+STARTS_KEY = "server_starts"  # RunResult.extra: one {"startup_s", "first_ttft_s"} per start of the server
+PROBE = CellSpec(users=1, prompt_tokens=31, max_tokens=8)  # the first request after ready (not recorded)
 
 if TYPE_CHECKING:
     from .load.runner import CellObserver, LoadRunner
@@ -48,6 +59,10 @@ class LoadSession:
         # Where the progress line goes; None: stderr when it is a terminal. The plugin points it at the
         # terminal itself, because pytest captures stderr while tests run.
         self.progress_stream: TextIO | None = None
+        # A/B: the candidate server's own session (None without --llm-candidate-*).
+        self.candidate = LoadSession(settings.candidate_settings(), rootdir=rootdir) if settings.has_candidate else None
+        self._specs: dict[tuple[object, ...], CellSpec] = {}  # every cell measured, in first-measured order
+        self._server_start: dict[str, float | None] | None = None  # this server's start, for each cell's extra
 
     # --- server ------------------------------------------------------------------------------------
     def start_server(self) -> ServerHandle:
@@ -107,7 +122,7 @@ class LoadSession:
         from .observe.environment import collect_environment
 
         s, spec = self.settings, self.spec
-        env = collect_environment(server=server, model=server.model)
+        env = collect_environment(server=server, model=server.model, weights_dir=self._tokenizer_path())
         # Top-level layout keys: baseline comparisons refuse runs whose model or layout differ.
         env.update({
             "served_model_name": server.model,
@@ -128,7 +143,31 @@ class LoadSession:
         """The LoadRunner bound to the server, with telemetry observers; created on first use."""
         if self._runner is None:
             self._runner = self._stack.enter_context(self._make_runner())
+            if self.server_started and self.server is not None:
+                self._server_start = self._record_start(self.server, self._runner)
         return self._runner
+
+    def _record_start(self, server: ServerHandle, runner: LoadRunner) -> dict[str, float | None]:
+        """Time to ready and the TTFT of the first request after it (a probe, not recorded as a cell),
+        kept in `run.extra["server_starts"]`: run-level metrics `startup` and `first_ttft`."""
+        probe = runner.run_cell(PROBE)
+        first = probe.records[0] if probe.ok and probe.records else None
+        start = {"startup_s": server.startup_s, "first_ttft_s": None if first is None else first.ttft}
+        self.run.extra.setdefault(STARTS_KEY, []).append(start)
+        return start
+
+    def sample_start(self) -> dict[str, float | None] | None:
+        """Start the launched server once more (same spec, after `close()`), measure its start and stop
+        it: one more sample for a gate on `startup` / `first_ttft`. None when the server was attached."""
+        from .load.runner import LoadRunner
+        from .server.launch import VLLMServer
+
+        if not self.server_started or self.spec is None:
+            return None
+        with VLLMServer(self.spec) as server, LoadRunner(
+                server.base_url, server.model, api=self.settings.api, tokenizer_path=self._tokenizer_path(),
+                request_timeout_s=self.settings.request_timeout) as runner:
+            return self._record_start(server, runner)
 
     def _make_runner(self) -> LoadRunner:
         from .load.runner import LoadRunner
@@ -179,24 +218,59 @@ class LoadSession:
             return None
 
     def record(self, cell: CellResult) -> CellResult:
-        """Keep a cell in the run and update the partial reports, so nothing is lost if the session dies."""
+        """Keep a cell in the run and update the partial reports, so nothing is lost if the session dies.
+        The cell carries its server's start (`extra["server_start"]`) for run-level objectives."""
+        if self._server_start is not None:
+            cell = dataclasses.replace(cell, extra={**cell.extra, SERVER_START: self._server_start})
         self.run.cells.append(cell)
         self.write_reports(formats=("json", "csv"))
         return cell
 
     def run_cell(self, users: int, prompt_tokens: int, max_tokens: int | None = None,
                  rounds: int | None = None) -> CellResult:
-        """Measure one closed-loop cell and record it."""
+        """Measure one closed-loop cell and record it (on the candidate too, in an A/B session)."""
         spec = CellSpec(users=users, prompt_tokens=prompt_tokens,
                         max_tokens=max_tokens or self.settings.max_tokens, rounds=rounds or self.settings.rounds)
-        return self.record(self.runner.run_cell(spec))
+        return self.measure(spec)
 
     def run_open_loop(self, rate: float, duration_s: float, prompt_tokens: int, max_tokens: int | None = None,
                       poisson: bool = True, seed: int = 0) -> CellResult:
         """Measure a fixed request rate for a duration and record it."""
-        cell = self.runner.run_open_loop(rate, duration_s, prompt_tokens,
-                                         max_tokens or self.settings.max_tokens, poisson=poisson, seed=seed)
-        return self.record(cell)
+        return self.measure(CellSpec(users=0, prompt_tokens=prompt_tokens, max_tokens=max_tokens or self.settings.max_tokens,
+                                     mode="open", rate=rate, duration_s=duration_s, poisson=poisson, seed=seed))
+
+    def measure(self, spec: CellSpec) -> CellResult:
+        """One repeat of a cell: on this server, and in an A/B session on the candidate's as well, A first
+        or B first alternating with the repeat and the cell (A B, B A, ...), so drift cancels. Returns
+        this server's (A's) cell."""
+        key = _spec_key(spec)
+        self._specs.setdefault(key, spec)
+        if self.candidate is None:
+            return self.record(self.runner.run_cell(spec))
+        self.candidate.progress_stream = self.progress_stream
+        a_first = (list(self._specs).index(key) + self.repeats_of(key)) % 2 == 0
+        if not a_first:
+            self.candidate.record(self.candidate.runner.run_cell(spec))
+        cell = self.record(self.runner.run_cell(spec))
+        if a_first:
+            self.candidate.record(self.candidate.runner.run_cell(spec))
+        return cell
+
+    def repeats_of(self, key: tuple[object, ...]) -> int:
+        """How many times the cell with this key was recorded on this server."""
+        return sum(1 for c in self.run.cells if _cell_key(c) == key)
+
+    def complete_repeats(self) -> int:
+        """Measure every cell of the session until it has `settings.effective_repeats` repeats, in passes
+        over the cells in the order they were first measured (so a cell's repeats are spread out).
+        Returns the number of measurements made (each on both servers in an A/B session)."""
+        made = 0
+        for done in range(1, self.settings.effective_repeats):
+            for key, spec in list(self._specs.items()):
+                if self.repeats_of(key) <= done:
+                    self.measure(spec)
+                    made += 1
+        return made
 
     def warm_up(self, prompt_tokens: int = 31, max_tokens: int = 8) -> CellResult:
         """One request that is not recorded: loads caches and code paths before the first measurement."""
@@ -210,10 +284,15 @@ class LoadSession:
             return self.run_cell(users, prompt_tokens, max_tokens)
 
     def matrix(self, users: Sequence[int] | None = None, prompt_tokens: Sequence[int] | None = None) -> RunResult:
-        """Every cell of the users x prompt-size matrix (cells already measured are not run again)."""
-        for p in prompt_tokens or self.settings.prompt_tokens:
-            for u in users or self.settings.users:
-                self.cached_cell(u, p)
+        """Every cell of the users x prompt-size matrix, in `settings.effective_repeats` passes (cells
+        already measured are not run again)."""
+        s = self.settings
+        for done in range(s.effective_repeats):
+            for p in prompt_tokens or s.prompt_tokens:
+                for u in users or s.users:
+                    spec = CellSpec(users=u, prompt_tokens=p, max_tokens=s.max_tokens, rounds=s.rounds)
+                    if self.repeats_of(_spec_key(spec)) <= done:
+                        self.measure(spec)
         return self.run
 
     # --- reports -----------------------------------------------------------------------------------
@@ -240,9 +319,13 @@ class LoadSession:
 
     # --- lifecycle ---------------------------------------------------------------------------------
     def close(self) -> None:
-        """Stop the runner and the server (if we started it). Safe to call twice."""
+        """Stop the runner and the server (if we started it), the candidate's too. Safe to call twice."""
         self._runner = None
-        self._stack.close()
+        try:
+            self._stack.close()
+        finally:
+            if self.candidate is not None:
+                self.candidate.close()
 
     def __enter__(self) -> LoadSession:
         return self
@@ -256,5 +339,19 @@ def check_settings(settings: Settings) -> None:
     if settings.base_url and any(v is not None for v in (settings.tp, settings.pp, settings.quantization)):
         raise ConfigError("--llm-base-url attaches to a running server: --llm-tp, --llm-pp and "
                           "--llm-quantization only apply to servers pytest-llmload starts")
-    if settings.compare_fail and not settings.baseline:
-        raise ConfigError("--llm-compare-fail needs --llm-baseline PATH to compare against")
+    if settings.compare_fail and not settings.baseline and not settings.has_candidate:
+        raise ConfigError("--llm-compare-fail needs something to compare against: --llm-baseline PATH, or a "
+                          "candidate server (--llm-candidate-model, --llm-candidate-server-arg, "
+                          "--llm-candidate-base-url)")
+    if settings.candidate_base_url and settings.candidate_server_arg:
+        raise ConfigError("--llm-candidate-base-url attaches to a running candidate: "
+                          "--llm-candidate-server-arg only applies to a candidate pytest-llmload starts")
+
+
+def _spec_key(spec: CellSpec) -> tuple[object, ...]:
+    """What identifies a cell across repeats (as `gate.compare` matches cells)."""
+    return (spec.mode, spec.users, spec.prompt_tokens, spec.max_tokens, spec.rate)
+
+
+def _cell_key(cell: CellResult) -> tuple[object, ...]:
+    return (cell.mode, cell.users, cell.prompt_tokens, cell.max_tokens, cell.rate)

@@ -63,3 +63,18 @@ def test_ini_line_and_toml_file(tmp_path: pytest.TempPathFactory) -> None:
     path.write_text("[[slo]]\nlatency = 3\n")
     with pytest.raises(ConfigError, match=r"deploy.toml \[\[slo\]\] #1: unknown objective 'latency'"):
         load_slo_file(str(path))
+
+
+def test_start_up_objectives_read_the_server_start_of_the_cell() -> None:
+    import dataclasses
+
+    c = dataclasses.replace(cell(), extra={"server_start": {"startup_s": 21.5, "first_ttft_s": 0.12}})
+    SLO.from_kwargs({"startup_s": 30, "first_ttft_ms": 150}, where="t").check(c)
+    with pytest.raises(SLOViolation, match=r"startup: observed 21.5 s, limit <= 20 s"):
+        c.assert_slo(startup_s=20)
+    with pytest.raises(SLOViolation, match=r"first_ttft: observed 120 ms, limit <= 100 ms"):
+        c.assert_slo(first_ttft_ms=100)
+    with pytest.raises(SLOViolation, match=r"startup: not measured \(only a server this session started"):
+        cell().assert_slo(startup_s=60)  # an attached server has no start-up time
+    with pytest.raises(ConfigError, match="unknown objective 'startup'"):
+        SLO.from_kwargs({"startup": 1}, where="t")
