@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from .errors import ConfigError, LLMLoadError
+from .errors import ConfigError, LLMLoadError, ServerStartError
 from .options import Settings
 from .results import CellResult, CellSpec, RunResult
 from .vocabulary import SERVER_START
@@ -247,14 +247,22 @@ class LoadSession:
         self._specs.setdefault(key, spec)
         if self.candidate is None:
             return self.record(self.runner.run_cell(spec))
-        self.candidate.progress_stream = self.progress_stream
         a_first = (list(self._specs).index(key) + self.repeats_of(key)) % 2 == 0
         if not a_first:
-            self.candidate.record(self.candidate.runner.run_cell(spec))
+            self.candidate.record(self._candidate_runner().run_cell(spec))
         cell = self.record(self.runner.run_cell(spec))
         if a_first:
-            self.candidate.record(self.candidate.runner.run_cell(spec))
+            self.candidate.record(self._candidate_runner().run_cell(spec))
         return cell
+
+    def _candidate_runner(self) -> LoadRunner:
+        """The candidate's runner (its server started on first use), named as B when it cannot start."""
+        assert self.candidate is not None
+        self.candidate.progress_stream = self.progress_stream
+        try:
+            return self.candidate.runner
+        except LLMLoadError as exc:
+            raise ServerStartError(f"the candidate server (B) could not be started or reached: {exc}") from exc
 
     def repeats_of(self, key: tuple[object, ...]) -> int:
         """How many times the cell with this key was recorded on this server."""

@@ -103,3 +103,11 @@ def test_matrix_runs_in_passes(pytester: pytest.Pytester, llm_fake_server: FakeS
     result.assert_outcomes(passed=1)
     sizes = [n for _, n in _blocks(llm_fake_server, FakeServer())]
     assert sizes == [1, 3, 1, 3]  # pass by pass, not back to back
+
+
+def test_a_candidate_that_cannot_be_reached_is_named(pytester: pytest.Pytester, llm_fake_server: FakeServer) -> None:
+    pytester.makepyfile(TWO_CELLS)
+    result = pytester.runpytest_subprocess(f"--llm-base-url={llm_fake_server.base_url}",
+                                           "--llm-candidate-base-url=http://127.0.0.1:9", "-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*the candidate server (B) could not be started or reached*127.0.0.1:9*"])

@@ -1,0 +1,124 @@
+"""The regression gate on the real vLLM CPU default (tiny model), as a user runs it: five pytest sessions.
+
+    1. save a baseline (8 and 32 users x 63 tokens, 100 tokens each, --llm-repeats 3)
+    2. a later session of the same server compared against it   -> expected: no regression
+    3. A/B in one session, candidate --max-num-seqs=4            -> expected: regression at 32 users
+    4. A/B in one session, candidate --max-num-seqs=256          -> expected: no regression (+ start-up gate)
+    5. the baseline with its 32-user repeats marked invalid       -> expected: verdict "invalid", no reference
+
+Run it alone on the machine (it starts vLLM):
+
+    flock /tmp/llmload-vllm.lock python benchmarks/gate_real_vllm.py --out benchmarks/results
+
+Writes gate-real-vllm.json (every verdict with its per-repeat values and the server starts) and
+gate-real-vllm.md (the terminal's comparison tables) into --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+TEST = """
+def test_matrix(llm_matrix):
+    for cell in llm_matrix.cells():
+        assert cell.ok, cell.error
+"""
+CELLS = ["--llm-users=8,32", "--llm-prompt-tokens=63", "--llm-max-tokens=100"]
+GATES = ["--llm-compare-fail=e2e_p50:10%", "--llm-compare-fail=ttft_p50:10%"]
+INVALID_REASON = "marked invalid for this check (the issue's artefact: start spread 1.67 s)"
+
+SESSIONS: list[tuple[str, list[str], str]] = [
+    ("1-save-baseline", ["--llm-save-baseline=base.json"], "saves 3 repeats"),
+    ("2-same-server-later", ["--llm-baseline=base.json", *GATES], "no regression"),
+    ("3-ab-max-num-seqs-4", ["--llm-candidate-server-arg=--max-num-seqs=4", *GATES], "regression at 32 users"),
+    ("4-ab-max-num-seqs-256", ["--llm-candidate-server-arg=--max-num-seqs=256", *GATES,
+                               "--llm-compare-fail=startup:50%"], "no regression"),
+    ("5-invalid-baseline-cell", ["--llm-baseline=base-invalid.json", *GATES], "32 users: invalid"),
+]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="gate-real-"))
+    (work / "test_gate.py").write_text(TEST)
+    results = []
+    for name, extra, expected in SESSIONS:
+        if name.startswith("5-"):
+            _mark_invalid(work / "base.json", work / "base-invalid.json", users=32)
+        results.append(_session(work, name, extra, expected))
+        print(f"{name}: exit {results[-1]['exit']} in {results[-1]['wall_s']:.0f} s", flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "gate-real-vllm.json").write_text(json.dumps(results, indent=1) + "\n")
+    (args.out / "gate-real-vllm.md").write_text(_markdown(results))
+    return 0
+
+
+def _session(work: Path, name: str, extra: list[str], expected: str) -> dict[str, Any]:
+    report = work / name
+    cmd = [sys.executable, "-m", "pytest", "test_gate.py", "-p", "no:cacheprovider", "-q",
+           f"--llm-report-dir={report}", *CELLS, *extra]
+    started = time.monotonic()
+    proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=1800, env=dict(os.environ))
+    doc = json.loads((report / "llmload.json").read_text())
+    summary = _summary(proc.stdout.splitlines())
+    return {"session": name, "args": extra, "expected": expected, "exit": proc.returncode,
+            "wall_s": time.monotonic() - started, "server_starts": doc.get("extra", {}).get("server_starts"),
+            "cells": [_cell(c) for c in doc["cells"]], "comparisons": doc.get("extra", {}).get("comparisons", []),
+            "terminal": summary}
+
+
+def _summary(lines: list[str]) -> list[str]:
+    """The terminal summary from the first comparison (or the report line) to pytest-benchmark's table."""
+    starts = [i for i, line in enumerate(lines) if line.startswith(("Comparison of", "pytest-llmload reports"))]
+    out = []
+    for line in lines[starts[0] if starts else len(lines):]:
+        if "benchmark 'llmload e2e'" in line or line.startswith("===="):
+            break
+        out.append(line)
+    return out
+
+
+def _cell(c: dict[str, Any]) -> dict[str, Any]:
+    stats = c.get("stats") or {}
+    return {"users": c["users"], "ok": c["ok"], "valid": c.get("valid"), "invalid_reasons": c.get("invalid_reasons"),
+            "e2e_p50_s": (stats.get("e2e_s") or {}).get("p50"), "ttft_p50_s": (stats.get("ttft_s") or {}).get("p50"),
+            "start_spread_s": stats.get("start_spread_s")}
+
+
+def _mark_invalid(src: Path, dst: Path, users: int) -> None:
+    """What the validity checks write for an artefact cell, applied to every repeat of one cell."""
+    doc = json.loads(src.read_text())
+    for cell in doc["cells"]:
+        if cell["users"] == users:
+            cell["valid"], cell["invalid_reasons"] = False, [INVALID_REASON]
+    dst.write_text(json.dumps(doc))
+
+
+def _markdown(results: list[dict[str, Any]]) -> str:
+    out = ["# The regression gate on the real vLLM CPU default", "",
+           "`benchmarks/gate_real_vllm.py`: tiny model, 8 and 32 users x 63 prompt tokens, 100 output tokens, "
+           "3 repeats, gates `e2e_p50:10%` and `ttft_p50:10%`. Per-repeat values are E2E p50 in s and TTFT p50 "
+           "in ms, baseline (or A) -> current (or B).", ""]
+    for r in results:
+        out += [f"## {r['session']} (expected: {r['expected']}; exit status {r['exit']}, {r['wall_s']:.0f} s)", "",
+                f"`{' '.join(r['args'])}`", ""]
+        starts = r.get("server_starts") or []
+        if starts:
+            out += ["server starts: " + ", ".join(f"ready {s.get('startup_s', 0):.1f} s / first TTFT "
+                                                  f"{1000 * (s.get('first_ttft_s') or 0):.0f} ms" for s in starts), ""]
+        out += ["```", *r["terminal"], "```", ""]
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
