@@ -123,8 +123,8 @@ def _save_baseline(load: LoadSession, state: FinishState, path: str) -> None:
     invalid = [c for c in load.run.cells if c.ok and not c.valid]
     if invalid:
         named = "; ".join(f"{c.label}: {', '.join(c.invalid_reasons) or 'no reason given'}" for c in invalid[:6])
-        state.warnings.append(f"the baseline {path} holds {len(invalid)} invalid measurement(s) of {len(load.run.cells)}, "
-                              f"recorded as invalid and never used as a reference: {named}")
+        state.warnings.append(f"the baseline {path} holds {len(invalid)} invalid measurement(s) of "
+                              f"{len(load.run.cells)}, recorded as invalid and never used as a reference: {named}")
     if load.settings.effective_repeats < 2:
         state.warnings.append(f"the baseline {path} has one repeat per cell: verdicts against it will be "
                               "inconclusive (one run cannot show the noise between runs; --llm-repeats 3)")

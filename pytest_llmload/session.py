@@ -236,8 +236,9 @@ class LoadSession:
     def run_open_loop(self, rate: float, duration_s: float, prompt_tokens: int, max_tokens: int | None = None,
                       poisson: bool = True, seed: int = 0) -> CellResult:
         """Measure a fixed request rate for a duration and record it."""
-        return self.measure(CellSpec(users=0, prompt_tokens=prompt_tokens, max_tokens=max_tokens or self.settings.max_tokens,
-                                     mode="open", rate=rate, duration_s=duration_s, poisson=poisson, seed=seed))
+        return self.measure(CellSpec(users=0, prompt_tokens=prompt_tokens, mode="open", rate=rate,
+                                     max_tokens=max_tokens or self.settings.max_tokens, duration_s=duration_s,
+                                     poisson=poisson, seed=seed))
 
     def measure(self, spec: CellSpec) -> CellResult:
         """One repeat of a cell: on this server, and in an A/B session on the candidate's as well, A first

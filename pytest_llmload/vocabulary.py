@@ -15,6 +15,11 @@ Definitions follow vLLM's `benchmarks/serve` and GuideLLM (see `metrics.py` for 
     total_tokens_per_s     output tokens of successful requests / cell duration    per cell, tok/s
     requests_per_s         successful requests / cell duration                     per cell, req/s
 
+Run-level metrics (`RUN_METRICS`), one value per start of a server the session launched:
+
+    startup                launch -> ready (/health and /v1/models answer)       per start, s
+    first_ttft             TTFT of the first request after ready                  per start, s
+
 This module is a leaf: it imports nothing of the package but `errors`, and reads records and cell
 statistics through the small protocols below.
 """

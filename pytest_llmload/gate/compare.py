@@ -161,14 +161,15 @@ def judge(gate: Gate, current: Sequence[RepeatValue], baseline: Sequence[RepeatV
           sides: tuple[str, str] = ("now", "in the baseline")) -> GateResult:
     """The verdict of a gate from per-repeat values of both sides (failed repeats handled by the caller)."""
     cur, base = tuple(current), tuple(baseline)
-    used_c, used_b = [v.value for v in cur if v.used], [v.value for v in base if v.used]
+    used_c = [v.value for v in cur if v.used and v.value is not None]
+    used_b = [v.value for v in base if v.used and v.value is not None]
     change = None
     if used_c and used_b:
-        change = _worse_pct(_geometric_mean(used_c) / _geometric_mean(used_b), gate.higher_is_better)  # type: ignore[arg-type]
+        change = _worse_pct(_geometric_mean(used_c) / _geometric_mean(used_b), gate.higher_is_better)
     if min(len(used_c), len(used_b)) < MIN_REPEATS:
         verdict, reason = _too_few(cur, base, sides)
         return GateResult(gate, verdict, change, None, None, cur, base, reason)
-    interval = ratio_interval(used_c, used_b)  # type: ignore[arg-type]
+    interval = ratio_interval(used_c, used_b)
     assert interval is not None  # both sides have MIN_REPEATS
     bounds = sorted((_worse_pct(interval.low, gate.higher_is_better), _worse_pct(interval.high, gate.higher_is_better)))
     verdict = _verdict(bounds[0], bounds[1], gate.threshold_pct)
