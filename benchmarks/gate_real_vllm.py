@@ -12,6 +12,12 @@ Run it alone on the machine (it starts vLLM):
 
 Writes gate-real-vllm.json (every verdict with its per-repeat values and the server starts) and
 gate-real-vllm.md (the terminal's comparison tables) into --out.
+
+Until the validity checks of issue 12 fill `CellResult.valid`, a cell whose requests did not start
+together (the client starved on a shared core) enters the gate as a measurement. So the driver also
+re-judges every comparison offline with issue 12's start-spread rule applied to both sides (spread above
+max(50 ms, 5 % of the cell's E2E p50) -> invalid), labelled as such: what the gate does once the
+runner marks those cells itself.
 """
 
 from __future__ import annotations
@@ -57,6 +63,8 @@ def main() -> int:
             _mark_invalid(work / "base.json", work / "base-invalid.json", users=32)
         results.append(_session(work, name, extra, expected))
         print(f"{name}: exit {results[-1]['exit']} in {results[-1]['wall_s']:.0f} s", flush=True)
+    for r in results:
+        r["with_start_spread_rule"] = _rejudge(work, r)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gate-real-vllm.json").write_text(json.dumps(results, indent=1) + "\n")
     (args.out / "gate-real-vllm.md").write_text(_markdown(results))
@@ -95,6 +103,41 @@ def _cell(c: dict[str, Any]) -> dict[str, Any]:
             "start_spread_s": stats.get("start_spread_s")}
 
 
+def _spread_rule(run: Any) -> Any:
+    """Issue 12's start-spread rule as a stand-in for the runner's validity checks (both sides)."""
+    import dataclasses
+
+    cells = []
+    for c in run.cells:
+        p50 = c.value("e2e", "p50") if c.ok else None
+        spread = c.stats.start_spread_s if c.stats else 0.0
+        if c.valid and p50 is not None and spread > max(0.05, 0.05 * p50):
+            c = dataclasses.replace(c, valid=False, invalid_reasons=(f"start spread {spread:.2f} s (issue 12's rule, "
+                                                                    "applied offline by the driver)",))
+        cells.append(c)
+    return dataclasses.replace(run, cells=cells)
+
+
+def _rejudge(work: Path, r: dict[str, Any]) -> list[dict[str, Any]]:
+    """The session's comparison again, with the start-spread rule applied: per cell and gate, the verdict."""
+    from pytest_llmload.gate.compare import compare
+    from pytest_llmload.report.json_report import read_report
+    from pytest_llmload.vocabulary import parse_gate
+
+    gates = [parse_gate(a.split("=", 1)[1]) for a in r["args"] if a.startswith("--llm-compare-fail=")]
+    report = work / r["session"]
+    baseline = next((a.split("=", 1)[1] for a in r["args"] if a.startswith("--llm-baseline=")), None)
+    if baseline is not None:
+        pair = (read_report(report), read_report(work / baseline), "baseline")
+    elif (report / "candidate").is_dir():
+        pair = (read_report(report / "candidate"), read_report(report), "candidate")
+    else:
+        return []
+    result = compare(_spread_rule(pair[0]), _spread_rule(pair[1]), gates, kind=pair[2])
+    return [{"users": c.cell.users, "gate": str(g.gate), "verdict": g.verdict, "change_pct": g.change_pct,
+             "interval_pct": [g.ci_low_pct, g.ci_high_pct], "reason": g.reason} for c in result.cells for g in c.gates]
+
+
 def _mark_invalid(src: Path, dst: Path, users: int) -> None:
     """What the validity checks write for an artefact cell, applied to every repeat of one cell."""
     doc = json.loads(src.read_text())
@@ -117,6 +160,16 @@ def _markdown(results: list[dict[str, Any]]) -> str:
             out += ["server starts: " + ", ".join(f"ready {s.get('startup_s', 0):.1f} s / first TTFT "
                                                   f"{1000 * (s.get('first_ttft_s') or 0):.0f} ms" for s in starts), ""]
         out += ["```", *r["terminal"], "```", ""]
+        rejudged = r.get("with_start_spread_rule") or []
+        if rejudged:
+            out += ["With issue 12's start-spread rule applied to both sides (a stand-in for the runner's validity "
+                    "checks, applied offline):", ""]
+            out += [f"- {v['users']} users, {v['gate']}: **{v['verdict']}**"
+                    + (f" {v['change_pct']:+.1f} %" if v["change_pct"] is not None else "")
+                    + (f" [{v['interval_pct'][0]:+.1f} %, {v['interval_pct'][1]:+.1f} %]"
+                       if v["interval_pct"][0] is not None else "")
+                    + (f" ({v['reason']})" if v["reason"] else "") for v in rejudged]
+            out.append("")
     return "\n".join(out)
 
 

@@ -66,7 +66,8 @@ def finish_session(load: LoadSession, config: Any = None) -> FinishState:
         _guard(state, "comparing with the baseline", lambda: _compare(load, state, baseline, gates), fails_gate=True)
     if load.candidate is not None:
         _guard(state, "comparing the candidate", lambda: _compare_candidate(load, state, gates), fails_gate=True)
-    _judge(state, s.compare_strict)
+    # --llm-allow-invalid (issue 12) turns invalid measurements under a gate into warnings, as for SLOs.
+    _judge(state, s.compare_strict, allow_invalid=bool(getattr(s, "allow_invalid", False)))
     load.run.extra["comparisons"] = [c.to_dict() for c in state.comparisons]
     state.paths = load.write_reports()
     if load.candidate is not None and load.candidate.run.cells:
@@ -153,11 +154,14 @@ class _NothingCompared(LLMLoadError):
     """An A/B session whose candidate has nothing to compare."""
 
 
-def _judge(state: FinishState, strict: bool) -> None:
+def _judge(state: FinishState, strict: bool, allow_invalid: bool = False) -> None:
     """Whether the gates fail the session: regressions and invalid measurements; inconclusive when strict."""
     for comparison in state.comparisons:
-        state.gate_problems += comparison.problems(strict)
+        state.gate_problems += comparison.problems(strict, allow_invalid)
         state.inconclusive += len(comparison.with_verdict("inconclusive"))
+        if allow_invalid:
+            state.warnings += [f"invalid measurement under a gate (allowed): {label}: {g.describe()}"
+                               for label, g in comparison.with_verdict("invalid")]
     state.gate_failed = state.gate_failed or bool(state.gate_problems)
 
 

@@ -328,13 +328,14 @@ class LoadSession:
 
     # --- lifecycle ---------------------------------------------------------------------------------
     def close(self) -> None:
-        """Stop the runner and the server (if we started it), the candidate's too. Safe to call twice."""
+        """Stop the runner and the server (if we started it), the candidate's first (it started last, and
+        what it changed is undone before what this session changed). Safe to call twice."""
         self._runner = None
         try:
-            self._stack.close()
-        finally:
             if self.candidate is not None:
                 self.candidate.close()
+        finally:
+            self._stack.close()
 
     def __enter__(self) -> LoadSession:
         return self

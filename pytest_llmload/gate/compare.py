@@ -381,9 +381,10 @@ class Comparison:
         """True when any gate found a regression (a cell's or the server start's)."""
         return bool(self.with_verdict("regression"))
 
-    def problems(self, strict: bool = False) -> list[str]:
-        """What fails the session: regressions and invalid measurements; inconclusive ones when strict."""
-        failing = ("regression", "invalid", "inconclusive") if strict else ("regression", "invalid")
+    def problems(self, strict: bool = False, allow_invalid: bool = False) -> list[str]:
+        """What fails the session: regressions, invalid measurements (unless `allow_invalid`: then they are
+        reported, not failed), and inconclusive verdicts when `strict`."""
+        failing = ("regression",) + (() if allow_invalid else ("invalid",)) + (("inconclusive",) if strict else ())
         return [f"{self.current_name} vs {self.baseline_name}: {label}: {g.describe()}"
                 for label, g in self._results() if g.verdict in failing]
 

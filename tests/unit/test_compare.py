@@ -195,6 +195,7 @@ def test_an_invalid_baseline_cell_is_never_a_reference() -> None:
     assert "invalid measurement in the baseline: start spread 1.67 s" in gate.reason
     assert by_users[8].verdict != "invalid"
     assert result.problems() == [f"this run vs baseline: {by_users[32].label}: {gate.describe()}"]
+    assert result.problems(allow_invalid=True) == []  # --llm-allow-invalid: reported, not failed
 
 
 def test_an_invalid_current_cell_is_never_a_regression() -> None:
