@@ -12,7 +12,8 @@ import pytest
 
 from pytest_llmload.server.launch import VLLMServer
 
-CELLS = ["--llm-prompt-tokens=63", "--llm-max-tokens=32", "-p", "no:cacheprovider"]
+CELLS = ["--llm-prompt-tokens=63", "-p", "no:cacheprovider"]
+SHORT = "--llm-max-tokens=32"
 MATRIX_TEST = """
     def test_matrix(llm_matrix):
         for cell in llm_matrix.cells():
@@ -33,9 +34,13 @@ def _report(path: Path) -> dict[str, Any]:
 
 
 def _verdicts(report: dict[str, Any]) -> dict[int, dict[str, Any]]:
-    """users -> the e2e_p50 gate result of the (only) comparison."""
+    """users -> the first gate's result in the (only) comparison."""
+    return {c["users"]: c["gates"][0] for c in _cells(report)}
+
+
+def _cells(report: dict[str, Any]) -> list[dict[str, Any]]:
     (comparison,) = report["extra"]["comparisons"]
-    return {c["users"]: c["gates"][0] for c in comparison["cells"]}
+    return list(comparison["cells"])
 
 
 def test_baseline_round_trip_and_an_invalid_baseline_cell(pytester: pytest.Pytester, tiny_server: VLLMServer) -> None:
@@ -43,7 +48,8 @@ def test_baseline_round_trip_and_an_invalid_baseline_cell(pytester: pytest.Pytes
     session 2 compares the shared server against it with the 32-user repeats marked invalid in the file
     (what the validity checks write for an artefact): 8 users is judged, 32 users is "invalid"."""
     pytester.makepyfile(test_matrix=MATRIX_TEST, test_start=STARTUP_SLO)
-    saved = pytester.runpytest_subprocess("--llm-users=8,32", "--llm-save-baseline=base.json", *CELLS, timeout=600)
+    saved = pytester.runpytest_subprocess("--llm-users=8,32", "--llm-save-baseline=base.json", *CELLS, SHORT,
+                                         timeout=600)
     saved.assert_outcomes(passed=2)
     base = json.loads((pytester.path / "base.json").read_text())
     assert [c["users"] for c in base["cells"]] == [8, 32, 8, 32, 8, 32]  # three passes
@@ -60,7 +66,7 @@ def test_baseline_round_trip_and_an_invalid_baseline_cell(pytester: pytest.Pytes
     # 25 %: a real machine's sessions differ by more than its repeats show; the statistics are unit-tested.
     later = pytester.runpytest_subprocess(f"--llm-base-url={tiny_server.base_url}", "--llm-users=8,32",
                                           "--llm-baseline=base-invalid.json", "--llm-compare-fail=e2e_p50:25%",
-                                          *CELLS, timeout=600)
+                                          *CELLS, SHORT, timeout=600)
     verdicts = _verdicts(_report(pytester.path / "llmload-report"))
     assert verdicts[8]["verdict"] != "regression", verdicts[8]
     assert verdicts[32]["verdict"] == "invalid" and "start spread 1.67 s" in verdicts[32]["reason"]
@@ -71,15 +77,20 @@ def test_baseline_round_trip_and_an_invalid_baseline_cell(pytester: pytest.Pytes
 def test_ab_candidate_with_four_sequences_is_a_regression_at_32_users(pytester: pytest.Pytester,
                                                                       tiny_server: VLLMServer) -> None:
     """A: the shared server (vLLM's default --max-num-seqs); B: a vLLM the plugin starts with
-    --max-num-seqs=4, so 32 users are served four at a time."""
+    --max-num-seqs=4, so 32 users are served four at a time: the median request waits for about four
+    waves before its first token (TTFT p50 x10 and more). 100 output tokens and 4 repeats: until every
+    artefact is marked invalid (a client stalled for a second on this shared 2-core machine reads a
+    TTFT ten times too long), one such repeat must not be able to hide a regression of this size."""
     pytester.makepyfile(MATRIX_TEST)
     result = pytester.runpytest_subprocess(f"--llm-base-url={tiny_server.base_url}", "--llm-users=32",
-                                           "--llm-candidate-server-arg=--max-num-seqs=4",
-                                           "--llm-compare-fail=e2e_p50:10%", *CELLS, timeout=600)
+                                           "--llm-candidate-server-arg=--max-num-seqs=4", "--llm-repeats=4",
+                                           "--llm-compare-fail=ttft_p50:10%", "--llm-compare-fail=e2e_p50:10%",
+                                           *CELLS, "--llm-max-tokens=100", timeout=600)
     result.assert_outcomes(passed=1)
-    verdicts = _verdicts(_report(pytester.path / "llmload-report"))
-    assert verdicts[32]["verdict"] == "regression", verdicts[32]
-    assert len(verdicts[32]["current"]) == len(verdicts[32]["baseline"]) == 3
+    (cell,) = _cells(_report(pytester.path / "llmload-report"))
+    assert cell["verdict"] == "regression", cell["gates"]
+    ttft = cell["gates"][0]
+    assert ttft["verdict"] == "regression" and len(ttft["current"]) == len(ttft["baseline"]) == 4
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(["Comparison of B (candidate) with A*", "*differs: server_flags*--max-num-seqs=4*",
                                  "*regression gate FAILED*"])
@@ -93,7 +104,7 @@ def test_ab_against_the_same_server_is_not_a_regression(pytester: pytest.Pyteste
     pytester.makepyfile(MATRIX_TEST)
     result = pytester.runpytest_subprocess(f"--llm-base-url={tiny_server.base_url}", "--llm-users=8,32",
                                            f"--llm-candidate-base-url={tiny_server.base_url}",
-                                           "--llm-compare-fail=e2e_p50:25%", *CELLS, timeout=600)
+                                           "--llm-compare-fail=e2e_p50:25%", *CELLS, SHORT, timeout=600)
     result.assert_outcomes(passed=1)
     verdicts = _verdicts(_report(pytester.path / "llmload-report"))
     assert all(v["verdict"] in ("ok", "inconclusive") for v in verdicts.values()), verdicts
