@@ -55,6 +55,7 @@ def collect_environment(
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
         "cpu_model": cpu_model(),
+        "load_average": load_average(),  # neighbours at the start: explains a session that ran slow throughout
         "plugin_version": package_version("pytest-llmload"),
         "git_commit": git_commit(cwd),
         "vllm_version": vllm_version(server),
@@ -179,6 +180,14 @@ def revision_from_path(model: str | None) -> str | None:
         rev = parts[parts.index("snapshots") + 1]
         return rev if re.fullmatch(r"[0-9a-f]{40}", rev) else None
     return None
+
+
+def load_average() -> list[float] | None:
+    """The host's 1, 5 and 15 minute load averages (Unix), else None."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (OSError, AttributeError):
+        return None
 
 
 def cpu_model() -> str | None:
