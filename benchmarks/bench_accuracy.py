@@ -143,9 +143,24 @@ def verdict(res: dict[str, Any]) -> dict[str, bool]:
 
 
 # ---- the stacks under test ----------------------------------------------------------------------------
-def run_llmload(base: str, users: int, loop: str, max_tokens: int = TOKENS) -> tuple[list[RequestRecord], list[str], float, float]:
+def session_observers(base: str, server_pid: int) -> list[Any]:
+    """The observers a session runs during every cell: GPU telemetry, /metrics (with its poller thread),
+    the server processes' CPU; the runner's own self-check is always on."""
+    from pytest_llmload.observe.gpu import GpuTelemetry
+    from pytest_llmload.observe.processes import ProcessCpuObserver
+    from pytest_llmload.observe.server_metrics import ServerMetricsObserver
+    from pytest_llmload.server.placement import allowed_cpus
+
+    return [GpuTelemetry(), ServerMetricsObserver(base), ProcessCpuObserver(lambda: [server_pid], allowed_cpus)]
+
+
+LAST_CELL: dict[str, Any] = {}  # validity of the last llmload cell, for the report
+
+
+def run_llmload(base: str, users: int, loop: str, max_tokens: int = TOKENS,
+                observers: Sequence[Any] = ()) -> tuple[list[RequestRecord], list[str], float, float]:
     os.environ["LLMLOAD_EVENT_LOOP"] = loop
-    with LoadRunner(base, MODEL, progress=False, request_timeout_s=120) as runner:
+    with LoadRunner(base, MODEL, progress=False, request_timeout_s=120, observers=observers) as runner:
         # Prompts first (cached), so that only the cell is timed for CPU.
         factory = runner._run(runner._prompt_factory())  # noqa: SLF001 - the bench pairs by prompt
         prompts = [p.text for p in runner._run(factory.prompts(PROMPT_TOKENS, users))]  # noqa: SLF001
@@ -153,6 +168,10 @@ def run_llmload(base: str, users: int, loop: str, max_tokens: int = TOKENS) -> t
         cpu = time.process_time()
         cell = runner.run_cell_kw(users, PROMPT_TOKENS, max_tokens)
         cpu = time.process_time() - cpu
+    for observer in observers:
+        observer.close()
+    LAST_CELL.update(valid=cell.valid, invalid_reasons=list(cell.invalid_reasons),
+                     observed=sorted(k for k in cell.extra if k != "warnings"))
     assert runner.last_t0 is not None
     return list(cell.records), prompts, cpu, runner.last_t0
 
@@ -172,6 +191,9 @@ def run_candidate(base: str, users: int, which: str, max_tokens: int = TOKENS) -
 
 
 def run_one(base: str, stack: str, users: int, max_tokens: int = TOKENS) -> tuple[list[RequestRecord], list[str], float, float]:
+    LAST_CELL.clear()
+    if stack == "llmload-observed":
+        return run_llmload(base, users, "uvloop", max_tokens, session_observers(base, SERVER_PID[0]))
     if stack.startswith("llmload"):
         return run_llmload(base, users, "asyncio" if stack.endswith("asyncio") else "uvloop", max_tokens)
     return run_candidate(base, users, stack, max_tokens)
@@ -192,6 +214,9 @@ def ingest(base: str, stack: str, users: int, tokens: int) -> dict[str, Any]:
             "cpu_us_per_event": cpu / events * 1e6 if events else None}
 
 
+SERVER_PID = [0]
+
+
 def machine() -> dict[str, Any]:
     model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                   if ln.startswith("model name")), platform.processor())
@@ -206,13 +231,16 @@ def machine() -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--observed-only", action="store_true", help="our client with and without the session's observers")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     a = ap.parse_args()
     os.sched_setaffinity(0, {CLIENT_CPU})
     port = free_port()
     proc = start_server(port)
+    SERVER_PID[0] = proc.pid
     base = f"http://127.0.0.1:{port}"
-    stacks = ["llmload-uvloop"] if a.quick else ["llmload-uvloop", "llmload-asyncio", "aiohttp", "httpx"]
+    stacks = (["llmload-uvloop", "llmload-observed"] if a.quick or a.observed_only else
+              ["llmload-uvloop", "llmload-observed", "llmload-asyncio", "aiohttp", "httpx"])
     sizes = [1, 128] if a.quick else [1, 128, 1024]
     report: dict[str, Any] = {"machine": machine(), "server": {"ttft_ms": TTFT_MS, "itl_ms": ITL_MS,
                               "tokens": TOKENS, "prompt_tokens": PROMPT_TOKENS}, "accuracy": [], "ingest": []}
@@ -221,7 +249,7 @@ def main() -> None:
             for stack in stacks + (["httpx-plain"] if users == 1024 else []):
                 records, prompts, cpu, t0 = run_one(base, stack, users)
                 res = compare(records, prompts, http_json(base + "/fake/truth"), t0)
-                res.update(stack=stack, users=users, client_cpu_s=cpu)
+                res.update(stack=stack, users=users, client_cpu_s=cpu, **LAST_CELL)
                 res["verdict"] = verdict(res)
                 report["accuracy"].append(res)
                 print(json.dumps({k: res[k] for k in ("stack", "users", "ok", "start_spread_ms", "delta", "lag_ms", "verdict")
@@ -256,8 +284,8 @@ def markdown(rep: dict[str, Any]) -> str:
              "accept and parse N requests on one core; a real user waits for it too).", "",
              "| stack | users | ok | start spread ms | E2E p50 client / truth s | ΔE2E p50 % | ΔTTFT p50 ms "
              "| ΔITL mean ms | lag first token p50/p99 ms | lag [DONE] p50/p99 ms | lag all chunks p50/p99 ms "
-             "| server backlog p50/max ms | client CPU s | targets |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| server backlog p50/max ms | client CPU s | targets | cell valid |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rep["accuracy"]:
         d, lag = r.get("delta") or {}, r.get("lag_ms") or {}
         f = (lambda src, k, fmt="{:.2f}": "-" if src.get(k) is None else fmt.format(src[k]))  # noqa: E731
@@ -269,13 +297,19 @@ def markdown(rep: dict[str, Any]) -> str:
             f"{f(lag, 'first_token_p50')} / {f(lag, 'first_token_p99')} | {f(lag, 'end_p50')} / {f(lag, 'end_p99')} | "
             f"{f(lag, 'every_chunk_p50')} / {f(lag, 'every_chunk_p99')} | "
             f"{f(lag, 'server_read_backlog_p50')} / {f(lag, 'server_read_backlog_max')} | {r['client_cpu_s']:.2f} | "
-            f"{'met' if r['verdict'].get('all') else 'MISSED: ' + ', '.join(miss)} |")
+            f"{'met' if r['verdict'].get('all') else 'MISSED: ' + ', '.join(miss)} | {_validity(r)} |")
     lines += ["", "Ingest (server sends all tokens at once; one client core):", "",
               "| stack | users x tokens | events | events/s | client CPU µs/event |", "|---|---|---|---|---|"]
     for r in rep["ingest"]:
         cpu = f"{r['cpu_us_per_event']:.1f}" if r["cpu_us_per_event"] else "-"
         lines.append(f"| {r['stack']} | {r['users']} x {r['tokens']} | {r['events']} | {r['events_per_s']:,.0f} | {cpu} |")
     return "\n".join(lines) + "\n"
+
+
+def _validity(r: dict[str, Any]) -> str:
+    if "valid" not in r:
+        return "-"
+    return "yes" if r["valid"] else "NO: " + "; ".join(r["invalid_reasons"]).replace("|", "/")
 
 
 if __name__ == "__main__":

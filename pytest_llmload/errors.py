@@ -4,6 +4,8 @@
     ├── ConfigError                  a bad option, ini value, SLO key or config file (shown as a usage error)
     ├── ServerError                  the vLLM server we launched misbehaved
     │   └── ServerStartError         it exited or never became ready; carries the log tail
+    ├── InvalidMeasurement           an objective or gate was asked of a cell the client could not measure
+    │                                truthfully (invalid cell): not a pass, not a miss; carries the reasons
     ├── ReportFileError              a report / baseline file is damaged, foreign or of another schema
     ├── ReportWriteError             some report formats could not be written (report/__init__.py)
     └── BaselineMismatchError        a comparison of runs of different models or layouts, not forced
@@ -38,6 +40,15 @@ class ServerError(LLMLoadError):
 
 class ServerStartError(ServerError):
     """The server exited during start-up or was not ready before the deadline."""
+
+
+class InvalidMeasurement(LLMLoadError):
+    """A cell's numbers cannot be vouched for (see `CellResult.invalid_reasons`), so an objective or gate on
+    it can neither pass nor fail; the plugin reports the test as an error, not as a failure."""
+
+
+class InvalidMeasurementWarning(UserWarning):
+    """An invalid cell was used anyway (`--llm-allow-invalid`), or by a test's own asserts."""
 
 
 class ReportFileError(LLMLoadError):

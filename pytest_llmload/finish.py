@@ -66,8 +66,8 @@ def finish_session(load: LoadSession, config: Any = None) -> FinishState:
         _guard(state, "comparing with the baseline", lambda: _compare(load, state, baseline, gates), fails_gate=True)
     if load.candidate is not None:
         _guard(state, "comparing the candidate", lambda: _compare_candidate(load, state, gates), fails_gate=True)
-    # --llm-allow-invalid (issue 12) turns invalid measurements under a gate into warnings, as for SLOs.
-    _judge(state, s.compare_strict, allow_invalid=bool(getattr(s, "allow_invalid", False)))
+    # --llm-allow-invalid turns invalid measurements under a gate into warnings, as for objectives.
+    _judge(state, s.compare_strict, allow_invalid=s.allow_invalid)
     load.run.extra["comparisons"] = [c.to_dict() for c in state.comparisons]
     state.paths = load.write_reports()
     if load.candidate is not None and load.candidate.run.cells:

@@ -22,12 +22,13 @@ at least 64 users while meeting the rest").
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .errors import ConfigError, SLOViolation
+from .errors import ConfigError, InvalidMeasurement, InvalidMeasurementWarning, SLOViolation
 from .vocabulary import (ERROR_RATE_KEY, OBJECTIVE_KEY_HELP, RUN_METRICS, SERVER_START, Distribution,
                          parse_limit_key)
 
@@ -49,24 +50,49 @@ class Judged(Protocol):
     @property
     def error(self) -> str | None: ...
     @property
+    def valid(self) -> bool: ...
+    @property
+    def invalid_reasons(self) -> tuple[str, ...]: ...
+    @property
     def stats(self) -> Any: ...
     @property
     def label(self) -> str: ...
 
 
-# Who is told every observed value (the pytest plugin: JUnit properties of the running test). A context
-# variable, not a module list: set for the duration of one test call by `observing`.
+# Who is told every observed value (the pytest plugin: JUnit properties of the running test), and whether
+# an invalid cell may be checked anyway (--llm-allow-invalid). Context variables, not module lists: set for
+# the duration of one test call by `observing`.
 _OBSERVER: ContextVar[Callable[[SLO, Judged], None] | None] = ContextVar("llmload_slo_observer", default=None)
+_ALLOW_INVALID: ContextVar[bool] = ContextVar("llmload_allow_invalid", default=False)
 
 
 @contextlib.contextmanager
-def observing(callback: Callable[[SLO, Judged], None]) -> Iterator[None]:
-    """Within the block, every `SLO.check` first calls `callback(slo, cell)`."""
-    token = _OBSERVER.set(callback)
+def observing(callback: Callable[[SLO, Judged], None] | None = None, *, allow_invalid: bool = False
+              ) -> Iterator[None]:
+    """Within the block, every `SLO.check` first calls `callback(slo, cell)`; with `allow_invalid` an
+    invalid cell is checked with a warning instead of raising InvalidMeasurement."""
+    token, allow = _OBSERVER.set(callback), _ALLOW_INVALID.set(allow_invalid)
     try:
         yield
     finally:
         _OBSERVER.reset(token)
+        _ALLOW_INVALID.reset(allow)
+
+
+def require_valid(cell: Judged, what: str) -> None:
+    """Raise InvalidMeasurement for an invalid cell (or warn, where invalid cells are allowed)."""
+    if cell.valid:
+        return
+    message = invalid_message(cell, what)
+    if not _ALLOW_INVALID.get():
+        raise InvalidMeasurement(message)
+    warnings.warn(InvalidMeasurementWarning(message), stacklevel=3)
+
+
+def invalid_message(cell: Judged, what: str) -> str:
+    """'invalid measurement: <what> cannot be judged in cell ...' and the reasons, one per line."""
+    reasons = "\n".join(f"  - {r}" for r in cell.invalid_reasons)
+    return f"invalid measurement: {what} cannot be judged in cell {cell.label}:\n{reasons}"
 
 
 @dataclass(frozen=True)
@@ -225,6 +251,7 @@ class SLO:
         observer = _OBSERVER.get()
         if observer is not None:
             observer(self, cell)
+        require_valid(cell, f"SLO {self.describe()}")
         misses = self.misses(cell)
         if misses:
             raise SLOViolation(violation_message(self, cell, misses))

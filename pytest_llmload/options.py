@@ -101,6 +101,16 @@ def parse_gate_text(value: str) -> str:
     return str(value).strip()
 
 
+def parse_cpus(value: str) -> tuple[int, ...]:
+    """CPU numbers and ranges, e.g. `3` or `2-3,6`."""
+    from .server.placement import parse_cpu_list  # noqa: PLC0415 - keep option parsing import-light
+
+    try:
+        return parse_cpu_list(str(value))
+    except ValueError as exc:
+        raise _fail(f"{value!r}: {exc}") from None
+
+
 def parse_metric_list(value: str) -> tuple[str, ...]:
     """Report metrics, e.g. `e2e,ttft`."""
     items = [v.strip() for v in str(value).split(",") if v.strip()]
@@ -145,6 +155,8 @@ class Settings:
     request_timeout: float = 600.0
     shared_prefix: bool = False
     telemetry_interval: float = 0.1
+    client_cpus: tuple[int, ...] | None = None
+    allow_invalid: bool = False
     slo_file: str | None = None
     report_dir: str = "llmload-report"
     report_metrics: tuple[str, ...] = ("e2e",)
@@ -298,6 +310,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("shared-prefix", "Let prompts share a prefix (exercises prefix caching; default: all distinct).",
            kind="flag"),
     Option("telemetry-interval", "Seconds between GPU telemetry samples.", parse_positive_float, "SECONDS"),
+    # --- measuring truthfully
+    Option("client-cpus", "CPUs the measuring client runs on, e.g. 3 or 2-3. Default: with vLLM started on "
+           "the CPU, the last core (the server's whole process tree gets the others); otherwise not pinned.",
+           parse_cpus, "LIST"),
+    Option("allow-invalid", "Report objectives and gates on cells the client could not measure truthfully "
+           "(invalid cells) as warnings instead of errors.", kind="flag"),
     # --- objectives
     Option("slo-file", "TOML file of objectives ([[slo]] tables) for this deployment.", str, "PATH"),
     # --- reports and gates

@@ -13,13 +13,14 @@ Fixtures, from the bottom up (each can be overridden in a user's conftest.py):
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Generator, Iterator
 from typing import TYPE_CHECKING, Any, Literal
 
 import pytest
 
 from . import objectives as slo_mod
-from .errors import ConfigError, LLMLoadError, SLOViolation
+from .errors import ConfigError, InvalidMeasurement, InvalidMeasurementWarning, LLMLoadError, SLOViolation
 from .gate.capacity import Inconclusive
 from .measure import LoadFixture, Matrix
 from .options import OPTIONS, Settings
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 SESSION_KEY = pytest.StashKey[LoadSession]()
 SETTINGS_KEY = pytest.StashKey[Settings]()
 CELLS_KEY = pytest.StashKey[list[CellResult]]()
+JUDGED_KEY = pytest.StashKey[set[int]]()  # id() of the cells an objective was checked against in the test
 FINISH_KEY = pytest.StashKey["FinishState"]()  # the cells a test measured or read, for its llm_slo marker
 
 MARKER_HELP = ("llm_slo(**objectives): objectives checked against the cells the test measured, e.g. "
@@ -172,6 +174,9 @@ def llm_cell(request: pytest.FixtureRequest, llm_server: ServerHandle, llm_sessi
     users, prompt_tokens = request.param
     cell = llm_session.cached_cell(users, prompt_tokens)
     request.node.stash.setdefault(CELLS_KEY, []).append(cell)
+    request.node.stash.setdefault(JUDGED_KEY, set()).add(id(cell))
+    with slo_mod.observing(allow_invalid=llm_session.settings.allow_invalid):
+        slo_mod.require_valid(cell, "this test")  # an error at setup: the test never sees invalid numbers
     return cell
 
 
@@ -226,6 +231,7 @@ def _property_recorder(item: pytest.Item) -> Callable[[slo_mod.SLO, slo_mod.Judg
     """An objectives observer putting each observed value into the item's JUnit XML properties."""
 
     def record(objective: slo_mod.SLO, cell: slo_mod.Judged) -> None:
+        item.stash.setdefault(JUDGED_KEY, set()).add(id(cell))  # its validity was judged by the check
         for obj, observed, _met in objective.evaluate(cell):
             value = "n/a" if observed is None else f"{observed:.6g}"
             item.user_properties.append((f"{obj.property_name}[u{cell.users}-p{cell.prompt_tokens}]", value))
@@ -235,11 +241,22 @@ def _property_recorder(item: pytest.Item) -> Callable[[slo_mod.SLO, slo_mod.Judg
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
-    with slo_mod.observing(_property_recorder(item)):
+    allow_invalid = item.config.stash[SETTINGS_KEY].allow_invalid
+    with slo_mod.observing(_property_recorder(item), allow_invalid=allow_invalid):
         result = yield
         if any(True for _ in item.iter_markers("llm_slo")):
             check_marker_slos(item)
+    _warn_about_invalid_cells(item)
     return result
+
+
+def _warn_about_invalid_cells(item: pytest.Item) -> None:
+    """A test that passed on cells the tool cannot vouch for (its own asserts read them) says so; cells
+    an objective was checked against have had their say already."""
+    judged = item.stash.get(JUDGED_KEY, set())
+    invalid = {id(c): c for c in item.stash.get(CELLS_KEY, []) if not c.valid and id(c) not in judged}
+    for cell in invalid.values():
+        warnings.warn(InvalidMeasurementWarning(slo_mod.invalid_message(cell, "its numbers")), stacklevel=1)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -248,11 +265,21 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if call.excinfo is not None and call.excinfo.errisinstance(Inconclusive):
         report.outcome = "skipped"
         report.longrepr = (str(item.path), item.location[1] or 0, f"inconclusive: {call.excinfo.value}")
+    elif call.excinfo is not None and call.excinfo.errisinstance(InvalidMeasurement):
+        report.longrepr = str(call.excinfo.value)  # the reasons are the message; no traceback needed
+        report.user_properties.append(("llm_invalid_measurement", "true"))
     elif report.failed and "llm_server" in getattr(item, "fixturenames", ()):
         tail = _load_session(item.config).server_log_tail()
         if tail:
             report.sections.append(("llmload: server log (last lines)", tail))
     return report
+
+
+def pytest_report_teststatus(report: pytest.TestReport) -> tuple[str, str, str] | None:
+    """An invalid measurement is an error (the tool could not measure), not a failure of the server."""
+    if report.failed and ("llm_invalid_measurement", "true") in report.user_properties:
+        return "error", "E", "ERROR (invalid measurement)"
+    return None
 
 
 # --- end of session: reports, baselines, gates -------------------------------------------------------------

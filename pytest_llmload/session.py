@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from .server import ServerHandle
     from .server.attach import AttachedServer
     from .server.launch import VLLMServer
+    from .server.placement import Placement, PlacementReport
     from .server.presets import ModelChoice, Preset
     from .server.spec import ServerSpec
 
@@ -51,6 +52,8 @@ class LoadSession:
         self.server_started = False  # True when we launched it (then its log is ours to show)
         self.model_choice: ModelChoice | None = None
         self.spec: ServerSpec | None = None  # what we launched (None when attached)
+        self.placement: Placement | None = None  # where the client and a launched server run (None: not pinned)
+        self.placement_report: PlacementReport | None = None
         self._runner: LoadRunner | None = None
         self._stack = contextlib.ExitStack()
         self._writer: ReportWriter | None = None
@@ -61,6 +64,9 @@ class LoadSession:
         self.progress_stream: TextIO | None = None
         # A/B: the candidate server's own session (None without --llm-candidate-*).
         self.candidate = LoadSession(settings.candidate_settings(), rootdir=rootdir) if settings.has_candidate else None
+        self._placement_of: LoadSession | None = None  # the candidate runs where A's placement put things
+        if self.candidate is not None:
+            self.candidate._placement_of = self
         self._specs: dict[tuple[object, ...], CellSpec] = {}  # every cell measured, in first-measured order
         self._server_start: dict[str, float | None] | None = None  # this server's start, for each cell's extra
 
@@ -71,10 +77,12 @@ class LoadSession:
             raise self._start_error  # a server that failed to start is not started again for every test
         if self.server is None:
             try:
+                self.placement = self._plan_placement()
                 self.server = self._stack.enter_context(self._server_context())
             except LLMLoadError as exc:
                 self._start_error = exc
                 raise
+            self.placement_report = self._place_client(self.server)
             self.run.environment = self._environment(self.server)
         return self.server
 
@@ -97,6 +105,35 @@ class LoadSession:
             server = VLLMServer(self.spec)
         return server
 
+    def _plan_placement(self) -> Placement | None:
+        """Where the client (and a server we launch) will run; None leaves both where the OS puts them."""
+        from .server.placement import allowed_cpus, plan_cpu_placement, plan_pinned_client
+        from .server.spec import resolve_device
+
+        s = self.settings
+        if self._placement_of is not None and self._placement_of.placement is not None:
+            # A/B: A has already moved our threads to the client's cores, so our own affinity no longer
+            # shows the machine; the candidate's server goes where A's went (only one is under load).
+            return self._placement_of.placement
+        try:
+            if not s.base_url and resolve_device(s.device) == "cpu":
+                return plan_cpu_placement(allowed_cpus(), s.client_cpus)
+            return None if s.client_cpus is None else plan_pinned_client(allowed_cpus(), s.client_cpus)
+        except ValueError as exc:
+            raise ConfigError(f"--llm-client-cpus: {exc}") from None
+
+    def _place_client(self, server: ServerHandle) -> PlacementReport:
+        """Move every thread of ours to the planned CPUs (restored at close), then check where both sides
+        may actually run."""
+        from .server.placement import Placement, allowed_cpus, check_placement, set_own_affinity
+
+        plan = self.placement
+        if plan is not None and plan.policy in ("isolated", "given"):
+            original = allowed_cpus()
+            set_own_affinity(plan.client_cpus)
+            self._stack.callback(set_own_affinity, original)
+        return check_placement(plan or Placement(allowed_cpus(), note="not pinned"), server.tree_pids())
+
     def server_spec(self) -> ServerSpec:
         """The ServerSpec: the model's preset layout, overridden by every layout option given."""
         from .server.presets import resolve_model
@@ -110,6 +147,9 @@ class LoadSession:
             choice, **{k: v for k, v in given.items() if v is not None},
             gpus=s.gpus, extra_args=tuple(s.server_arg), startup_timeout_s=s.startup_timeout, host=s.host,
             device=s.device, log_dir=self.report_dir(), cache_dir=s.cache_path(),
+            cpus=self.placement.server_cpus if self.placement else (),
+            nice=self.placement.server_nice if self.placement else 0,
+            env=self.placement.server_env() if self.placement else {},
         )
 
     def server_log_tail(self, lines: int = 40) -> str:
@@ -135,6 +175,9 @@ class LoadSession:
             "workload": {"max_tokens": s.max_tokens, "api": s.api, "rounds": s.rounds,
                          "shared_prefix": s.shared_prefix},
         })
+        if self.placement_report is not None:
+            env["placement"] = self.placement_report.to_dict()
+            env.setdefault("warnings", []).extend(f"placement: {p}" for p in self.placement_report.problems)
         return env
 
     # --- measuring ---------------------------------------------------------------------------------
@@ -164,10 +207,26 @@ class LoadSession:
 
         if not self.server_started or self.spec is None:
             return None
-        with VLLMServer(self.spec) as server, LoadRunner(
+        with self._client_placed(), VLLMServer(self.spec) as server, LoadRunner(
                 server.base_url, server.model, api=self.settings.api, tokenizer_path=self._tokenizer_path(),
                 request_timeout_s=self.settings.request_timeout) as runner:
             return self._record_start(server, runner)
+
+    @contextlib.contextmanager
+    def _client_placed(self) -> Iterator[None]:
+        """Our threads on the client's cores for the block (as while the session measured), then back."""
+        from .server.placement import allowed_cpus, set_own_affinity
+
+        plan = self.placement
+        if plan is None or plan.policy not in ("isolated", "given"):
+            yield
+            return
+        original = allowed_cpus()
+        set_own_affinity(plan.client_cpus)
+        try:
+            yield
+        finally:
+            set_own_affinity(original)
 
     def _make_runner(self) -> LoadRunner:
         from .load.runner import LoadRunner
@@ -191,13 +250,17 @@ class LoadSession:
     def _observers(self, server: ServerHandle) -> list[CellObserver]:
         from .observe.gpu import GpuTelemetry
         from .observe.physical import PhysicalLimitObserver
+        from .observe.processes import ProcessCpuObserver
         from .observe.server_metrics import ServerMetricsObserver
+        from .server.placement import allowed_cpus
 
         gpus = None if not self.settings.gpus else [int(g) for g in self.settings.gpus.split(",")]
         observers: list[CellObserver] = [
             GpuTelemetry(interval_s=self.settings.telemetry_interval, gpu_indices=gpus),
             ServerMetricsObserver(server.base_url, api_key=server.api_key or self.settings.api_key),
         ]
+        if self.server_started:
+            observers.append(ProcessCpuObserver(server.tree_pids, allowed_cpus))
         facts = self._model_facts()
         if facts is not None:
             tp = self.spec.tensor_parallel if self.spec else (self.settings.tp or 1)
@@ -269,14 +332,30 @@ class LoadSession:
         """How many times the cell with this key was recorded on this server."""
         return sum(1 for c in self.run.cells if _cell_key(c) == key)
 
+    def _results_of(self, key: tuple[object, ...]) -> int:
+        """Repeats that count as results: valid cells, and failed ones (a failure is a result too)."""
+        return sum(1 for c in self.run.cells if _cell_key(c) == key and (c.valid or not c.ok))
+
+    def _wants_repeat(self, key: tuple[object, ...], done: int) -> bool:
+        """Whether pass `done` (0-based) measures this cell again: until it has `effective_repeats`
+        measurements, and then, while a side lacks that many results because some repeats were invalid,
+        up to twice as many measurements in all."""
+        n, made = self.settings.effective_repeats, self.repeats_of(key)
+        if made > done:
+            return False  # already measured in this pass
+        sides = [self] if self.candidate is None else [self, self.candidate]
+        # One repeat (no comparison) keeps an invalid cell as it is: reported invalid, not replaced.
+        return made < n or (1 < n and made < 2 * n and any(side._results_of(key) < n for side in sides))
+
     def complete_repeats(self) -> int:
-        """Measure every cell of the session until it has `settings.effective_repeats` repeats, in passes
-        over the cells in the order they were first measured (so a cell's repeats are spread out).
-        Returns the number of measurements made (each on both servers in an A/B session)."""
+        """Measure every cell of the session until it has `settings.effective_repeats` repeats (an
+        invalid repeat is measured again, at most as many times more), in passes over the cells in the
+        order they were first measured, so a cell's repeats are spread out. Returns the number of
+        measurements made (each on both servers in an A/B session)."""
         made = 0
-        for done in range(1, self.settings.effective_repeats):
+        for done in range(1, 2 * self.settings.effective_repeats):
             for key, spec in list(self._specs.items()):
-                if self.repeats_of(key) <= done:
+                if self._wants_repeat(key, done):
                     self.measure(spec)
                     made += 1
         return made
@@ -293,14 +372,14 @@ class LoadSession:
             return self.run_cell(users, prompt_tokens, max_tokens)
 
     def matrix(self, users: Sequence[int] | None = None, prompt_tokens: Sequence[int] | None = None) -> RunResult:
-        """Every cell of the users x prompt-size matrix, in `settings.effective_repeats` passes (cells
-        already measured are not run again)."""
+        """Every cell of the users x prompt-size matrix, in `settings.effective_repeats` passes (and more
+        for cells with invalid repeats, see `complete_repeats`); cells already measured are not run again."""
         s = self.settings
-        for done in range(s.effective_repeats):
+        for done in range(2 * s.effective_repeats):
             for p in prompt_tokens or s.prompt_tokens:
                 for u in users or s.users:
                     spec = CellSpec(users=u, prompt_tokens=p, max_tokens=s.max_tokens, rounds=s.rounds)
-                    if self.repeats_of(_spec_key(spec)) <= done:
+                    if self._wants_repeat(_spec_key(spec), done):
                         self.measure(spec)
         return self.run
 

@@ -76,6 +76,9 @@ def judge(slo: SLO, cells: list[CellResult], margin: float) -> tuple[str, dict[s
     failed = [c for c in cells if not c.ok]
     if failed:
         return "fail", {}, f"cell failed: {failed[0].error}"
+    cells = [c for c in cells if c.valid]  # a probe the client could not measure is no evidence either way
+    if not cells:
+        return "inconclusive", {}, "invalid measurement (see the cells' invalid_reasons)"
     observed: dict[str, float | None] = {}
     verdict = "pass"
     for objective in slo.all_objectives:

@@ -28,6 +28,7 @@ from .client import Endpoint, StreamRequest, api_path, http_request, request_bod
 from ..control import async_client
 from ..metrics import cell_stats
 from .progress import Progress
+from .selfcheck import ClientCheck, LoopMonitor, judge
 from ..results import CellResult, CellSpec, RequestRecord
 from .workload import LocalTokenizer, Prompt, PromptFactory, ServerTokenizer, TokenCounter, matrix
 
@@ -202,11 +203,11 @@ class LoadRunner:
         warnings = self._call_observers_before(spec)
         self.progress.start_cell(label, n)
         try:
-            requests, t0, died = await self._launch(spec, prompts, arrivals)
+            launched = await self._launch(spec, prompts, arrivals)
         finally:
             self._abort_all("timeout", "cell cancelled")
             self.progress.end_cell()
-        return self._result(spec, requests, t0, died, warnings)
+        return self._result(spec, launched, warnings)
 
     def _request_count(self, spec: CellSpec) -> tuple[int, list[float] | None]:
         if spec.mode == "open":
@@ -222,9 +223,10 @@ class LoadRunner:
             raise ValueError(f"{n} requests in one cell is more than the limit of {MAX_REQUESTS_PER_CELL}")
         return n, arrivals
 
-    async def _launch(self, spec: CellSpec, prompts: list[Prompt],
-                      arrivals: list[float] | None) -> tuple[list[StreamRequest], float, str | None]:
-        """Run the requests while a watcher polls the server; returns them, t0 and the death cause."""
+    async def _launch(self, spec: CellSpec, prompts: list[Prompt], arrivals: list[float] | None) -> _Launched:
+        """Run the requests while a watcher polls the server and the client watches itself."""
+        monitor = LoopMonitor()
+        monitor.start()
         watcher = asyncio.ensure_future(self._watch_server())
         work: Awaitable[tuple[list[StreamRequest], float]]
         if arrivals is None:
@@ -240,10 +242,12 @@ class LoadRunner:
         finally:
             watcher.cancel()
             work_task.cancel()
+            monitor.cancel()  # a cell that was interrupted leaves no heartbeat behind on the loop
+        check = monitor.stop(_together_spread(requests, spec, t0, arrivals))
         self.last_t0 = t0
         if self._dead is None and any(r.lost_connection for r in requests):
             await self._await_death_notice()
-        return requests, t0, self._dead
+        return _Launched(requests, t0, _wall_clock_at(t0), self._dead, check)
 
     async def _await_death_notice(self) -> None:
         """Streams cut by a dying server end before its exit status is polled: look again, briefly,
@@ -337,21 +341,25 @@ class LoadRunner:
             self._active.clear()
 
     # ---- results -------------------------------------------------------------------------------------
-    def _result(self, spec: CellSpec, requests: list[StreamRequest], t0: float, died: str | None,
-                warnings: list[str]) -> CellResult:
-        records = tuple(r.record(t0) for r in requests)
+    def _result(self, spec: CellSpec, launched: _Launched, warnings: list[str]) -> CellResult:
+        records = tuple(r.record(launched.t0) for r in launched.requests)
         self._active.clear()
         stats = cell_stats(records)
-        error = died or _failure_cause(records)
+        error = launched.died or _failure_cause(records)
         result = CellResult(users=spec.users, prompt_tokens=spec.prompt_tokens, max_tokens=spec.max_tokens,
                             ok=error is None, error=error, stats=stats, records=records, mode=spec.mode,
-                            rate=spec.rate)
-        # Observers see the measured cell; their sections complete it in a new (frozen) CellResult.
+                            rate=spec.rate, t0_monotonic_ns=round(launched.t0 * 1e9), t0_unix_ns=launched.t0_unix_ns)
+        # Observers see the measured cell; their sections and the verdict on its validity complete it in
+        # a new (frozen) CellResult.
         extra, observer_warnings = self._call_observers_after(result)
+        extra["client"] = launched.check.to_dict()
         warnings = warnings + observer_warnings
         if warnings:
             extra["warnings"] = warnings
-        return dataclasses.replace(result, extra=extra) if extra else result
+        reasons = () if not result.ok else judge(
+            launched.check, stats.e2e.p50 if stats.e2e else None, _observer_invalid(extra),
+            stats.prompt_tokens_mismatches, spec.prompt_tokens)
+        return dataclasses.replace(result, extra=extra, valid=not reasons, invalid_reasons=reasons)
 
     def _failed(self, spec: CellSpec, error: str, records: tuple[RequestRecord, ...] = ()) -> CellResult:
         return CellResult(users=spec.users, prompt_tokens=spec.prompt_tokens, max_tokens=spec.max_tokens,
@@ -441,6 +449,41 @@ def arrival_times(rate: float, duration_s: float, poisson: bool = True, seed: in
         out.append(t)
         t += rng.expovariate(rate)
     return out
+
+
+@dataclasses.dataclass(frozen=True)
+class _Launched:
+    """A cell's requests once they ended, its time zero on both clocks, and what the client saw of itself."""
+
+    requests: list[StreamRequest]
+    t0: float  # time.perf_counter() at the cell's start: CLOCK_MONOTONIC on Linux
+    t0_unix_ns: int
+    died: str | None
+    check: ClientCheck
+
+
+def _wall_clock_at(t0: float) -> int:
+    """The wall clock (ns since the epoch) at perf_counter() instant `t0`: read both clocks back to back
+    now and carry the offset, so the pair describes one instant to within microseconds."""
+    mono, wall = time.perf_counter_ns(), time.time_ns()
+    return wall - (mono - round(t0 * 1e9))
+
+
+def _together_spread(requests: Sequence[StreamRequest], spec: CellSpec, t0: float,
+                     arrivals: Sequence[float] | None) -> float:
+    """How far the requests meant to go out together were apart: the first round's start spread in a
+    closed loop; in an open loop, the latest start against its schedule."""
+    starts = [(r.index, r.proto.start) for r in requests if r.proto is not None and r.proto.start is not None]
+    if arrivals is not None:
+        return max((s - (t0 + arrivals[i]) for i, s in starts), default=0.0)
+    first = [s for i, s in starts if i < spec.users]
+    return max(first) - min(first) if first else 0.0
+
+
+def _observer_invalid(extra: dict[str, Any]) -> list[str]:
+    """The reasons observers gave (a section's "invalid" list) why the cell cannot be vouched for."""
+    return [str(reason) for section in extra.values() if isinstance(section, dict)
+            for reason in section.get("invalid") or ()]
 
 
 def _failure_cause(records: Sequence[RequestRecord]) -> str | None:

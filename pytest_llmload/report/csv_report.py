@@ -12,24 +12,26 @@ from pathlib import Path
 from typing import Any
 
 from ..results import CellResult, RunResult
+from ..vocabulary import DISTRIBUTIONS, METRICS
 from ._files import atomic_write_text
 
-# (column prefix, CellStats attribute)
-_DISTS = (("e2e_s", "e2e"), ("ttft_s", "ttft"), ("itl_s", "itl"), ("tpot_s", "tpot"),
-          ("tokens_per_s_per_user", "tokens_per_s_per_user"))
+# (column prefix, CellStats attribute): the vocabulary's distributions under their llmload.json keys
+_DISTS = tuple((METRICS[name].key, name) for name in DISTRIBUTIONS)
 _DIST_FIELDS = ("p50", "p90", "p95", "p99", "mean", "min", "max", "count")
 _SCALARS = ("total_tokens_per_s", "requests_per_s", "requests_ok", "requests_failed", "start_spread_s",
             "duration_s", "prompt_tokens_mismatches")
-_CELL = ("users", "prompt_tokens", "max_tokens", "mode", "rate", "ok", "error")
+_CELL = ("users", "prompt_tokens", "max_tokens", "mode", "rate", "ok", "error", "valid")
 
 COLUMNS: tuple[str, ...] = (
-    _CELL + _SCALARS + ("errors",) + tuple(f"{prefix}_{f}" for prefix, _ in _DISTS for f in _DIST_FIELDS)
+    _CELL + ("invalid_reasons",) + _SCALARS + ("errors",)
+    + tuple(f"{prefix}_{f}" for prefix, _ in _DISTS for f in _DIST_FIELDS)
 )
 
 
 def cell_row(cell: CellResult) -> dict[str, Any]:
     """The CSV row of one cell; empty strings where a value does not exist."""
     row: dict[str, Any] = {k: getattr(cell, k) for k in _CELL}
+    row["invalid_reasons"] = "; ".join(cell.invalid_reasons)
     stats = cell.stats
     for name in _SCALARS:
         row[name] = "" if stats is None else getattr(stats, name)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from ..results import RunResult
-from .table import matrix, model_name
+from .table import format_value, is_number, matrix, model_name
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -50,11 +50,11 @@ def _users_axis(ax: Axes, users: Sequence[int]) -> None:
 
 def _lines_per_prompt(run: RunResult, metric: str, stat: str | None, ylabel: str, title: str) -> bytes | None:
     users, prompts, rows = matrix(run, metric, stat)
-    if not any(v is not None for row in rows for v in row):
+    if not any(is_number(v) for row in rows for v in row):
         return None
     fig, (ax,) = _figure(7.5, 4.5)
     for j, p in enumerate(prompts):
-        points = [(u, row[j]) for u, row in zip(users, rows) if row[j] is not None]
+        points = [(u, row[j]) for u, row in zip(users, rows) if is_number(row[j])]
         if points:
             xs, ys = zip(*points)
             ax.plot(xs, ys, marker="o", label=f"{p} tokens")
@@ -88,7 +88,7 @@ def e2e_heatmap(run: RunResult) -> bytes | None:
     users, prompts, rows = matrix(run, "e2e", "mean")
     if not any(v is not None for row in rows for v in row):
         return None
-    values = np.array([[math.nan if v is None else v for v in row] for row in rows])
+    values = np.array([[v if is_number(v) else math.nan for v in row] for row in rows])
     data = np.ma.masked_invalid(values)  # type: ignore[no-untyped-call]
     fig, (ax,) = _figure(1.2 + 0.9 * len(prompts), 1.2 + 0.5 * len(users))
     image = ax.imshow(data, cmap="viridis", aspect="auto")
@@ -103,12 +103,15 @@ def e2e_heatmap(run: RunResult) -> bytes | None:
 
 
 def _annotate(ax: Axes, rows: list[list[float | None]]) -> None:
-    values = [v for row in rows for v in row if v is not None]
+    values = [v for row in rows for v in row if v is not None and is_number(v)]
     middle = (min(values) + max(values)) / 2
     for i, row in enumerate(rows):
         for j, v in enumerate(row):
             # Dark text on the bright end of viridis, light text on the dark end.
-            label, color = ("-", "black") if v is None else (f"{v:.1f}", "black" if v > middle else "white")
+            if v is None or not is_number(v):
+                label, color = format_value(v, "e2e"), "black"
+            else:
+                label, color = f"{v:.1f}", "black" if v > middle else "white"
             ax.text(j, i, label, ha="center", va="center", color=color, fontsize="small")
 
 

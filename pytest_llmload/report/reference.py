@@ -19,7 +19,7 @@ from tabulate import tabulate
 
 from ..errors import ConfigError, ReportFileError
 from .json_report import read_report
-from .table import MISSING, matrix, model_name
+from .table import format_value, is_number, matrix, model_name
 from ..results import RunResult
 
 _ROMAN = ("I", "II", "III", "IV", "V", "VI", "VII", "VIII", "IX", "X")
@@ -78,8 +78,10 @@ def _study_matrix(t: dict[str, Any]) -> ReferenceMatrix:
 def reference_from_run(run: RunResult, name: str) -> ReferenceMatrix:
     """The E2E mean matrix of a run (e.g. a baseline) as a reference."""
     users, prompts, rows = matrix(run, "e2e", "mean")
-    return ReferenceMatrix(name=name, users=tuple(users), prompt_tokens=tuple(prompts),
-                           seconds=tuple(tuple(row) for row in rows), model=model_name(run.environment))
+    # Only measurements are references: a cell that failed, was not measured or is invalid has none.
+    seconds = tuple(tuple(v if v is not None and is_number(v) else None for v in row) for row in rows)
+    return ReferenceMatrix(name=name, users=tuple(users), prompt_tokens=tuple(prompts), seconds=seconds,
+                           model=model_name(run.environment))
 
 
 def reference_from(path_or_name: Path | str) -> ReferenceMatrix:
@@ -115,7 +117,8 @@ def _study_by_name(query: str) -> ReferenceMatrix:
 def ratio_matrix(run: RunResult, reference: ReferenceMatrix) -> tuple[list[int], list[int], list[list[float | None]]]:
     """Measured E2E mean / reference seconds over the run's cells; None where either is missing."""
     users, prompts, rows = matrix(run, "e2e", "mean")
-    ratios = [[None if v is None or not (ref := reference.value(u, p)) else v / ref for p, v in zip(prompts, row)]
+    ratios = [[None if v is None or not (ref := reference.value(u, p)) else v / ref if is_number(v) else v
+               for p, v in zip(prompts, row)]
               for u, row in zip(users, rows)]
     return users, prompts, ratios
 
@@ -127,7 +130,7 @@ def render_ratio(run: RunResult, reference: ReferenceMatrix, fmt: str = "simple"
     title = f"E2E mean{' of ' + model if model else ''} / {reference.description} (< 1: faster than the reference)"
     if not users:
         return f"{title}\n(no closed-loop cells)"
-    rows = [[str(u), *(MISSING if r is None else "" if r != r else f"{r:.2f}" for r in row)]  # NaN: not measured
+    rows = [[str(u), *(f"{r:.2f}" if r is not None and is_number(r) else format_value(r, "e2e") for r in row)]
             for u, row in zip(users, ratios)]
     headers = ["users \\ prompt tokens", *(str(p) for p in prompts)]
     table = tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True, stralign="right")

@@ -19,13 +19,18 @@ from ..vocabulary import METRICS, check_stat, metric_named
 
 MISSING = "-"  # the study's mark for a cell that could not run
 NOT_MEASURED = math.nan  # a cell off the matrix (e.g. an extra 20-user cell): printed blank, not as "-"
+INVALID = -math.inf  # measured, but the client could not vouch for it: printed as INVALID_MARK, never a number
+INVALID_MARK = "invalid"
+INVALID_LEGEND = ("invalid: measured, but the tool cannot vouch for the numbers (the client was disturbed, "
+                  "or disagreed with the server); the reasons are in llmload.json (invalid_reasons) and report.html")
 
 Matrix = tuple[list[int], list[int], list[list[float | None]]]
 
 
 def matrix(run: RunResult, metric: str = "e2e", stat: str | None = "mean") -> Matrix:
     """(users, prompt sizes, rows): rows[i][j] is the value for users[i] x prompts[j]; None = "-" (the cell
-    could not run), NaN = not measured (printed blank, so "-" keeps the study's meaning).
+    could not run), NaN = not measured (printed blank, so "-" keeps the study's meaning), INVALID = measured
+    but not vouched for (`is_number` tells the values that can be used as numbers).
 
     Only closed-loop cells form the matrix; the last measurement of a repeated cell wins.
     """
@@ -36,11 +41,23 @@ def matrix(run: RunResult, metric: str = "e2e", stat: str | None = "mean") -> Ma
         row: list[float | None] = []
         for p in prompts:
             try:
-                row.append(run.cell(u, p).value(metric, stat))
+                cell = run.cell(u, p)
             except KeyError:
                 row.append(NOT_MEASURED)
+                continue
+            row.append(cell.value(metric, stat) if cell.valid or not cell.ok else INVALID)
         rows.append(row)
     return users, prompts, rows
+
+
+def is_number(value: float | None) -> bool:
+    """Whether a matrix entry is a measurement (not "-", not blank, not invalid)."""
+    return value is not None and math.isfinite(value)
+
+
+def has_invalid(rows: Sequence[Sequence[float | None]]) -> bool:
+    """Whether any entry is an invalid measurement (a legend is then due)."""
+    return any(v == INVALID for row in rows for v in row)
 
 
 def model_name(environment: dict[str, Any]) -> str:
@@ -64,6 +81,8 @@ def format_value(value: float | None, metric: str) -> str:
     """A stored SI value printed in the metric's unit and precision, or "-"."""
     if value is None:
         return MISSING
+    if value == INVALID:
+        return INVALID_MARK
     if math.isnan(value):
         return ""
     return METRICS[metric].format(value)
@@ -84,7 +103,8 @@ def render_matrix(run: RunResult, metric: str = "e2e", stat: str | None = "mean"
     # disable_numparse: values are already formatted; tabulate must not re-round "2.0" to "2".
     table = tabulate(formatted_rows(users, rows, metric), headers=headers, tablefmt=fmt,
                      disable_numparse=True, stralign="right")
-    return f"{title}\n{table}"
+    legend = f"\n{INVALID_LEGEND}" if has_invalid(rows) else ""
+    return f"{title}\n{table}{legend}"
 
 
 # The per-cell summary every report format shares: (column title, function of the cell).
@@ -95,6 +115,7 @@ def _dist_cell(name: str, stat: str) -> Any:
 SUMMARY_COLUMNS: list[tuple[str, Any]] = [
     ("cell", lambda c: c.label),
     ("ok", lambda c: "yes" if c.ok else "no"),
+    ("valid", lambda c: "yes" if c.valid else "NO"),
     ("requests ok/failed", lambda c: f"{c.stats.requests_ok}/{c.stats.requests_failed}" if c.stats else MISSING),
     ("E2E p50 (s)", _dist_cell("e2e", "p50")),
     ("E2E p95 (s)", _dist_cell("e2e", "p95")),
@@ -105,6 +126,7 @@ SUMMARY_COLUMNS: list[tuple[str, Any]] = [
     ("total tok/s", lambda c: format_value(c.value("total_tokens_per_s", None), "total_tokens_per_s")),
     ("start spread (s)", lambda c: f"{c.stats.start_spread_s:.3f}" if c.stats else MISSING),
     ("errors", lambda c: describe_errors(c)),
+    ("invalid because", lambda c: "; ".join(c.invalid_reasons)),
 ]
 
 
@@ -121,6 +143,12 @@ def summary_table(run: RunResult) -> tuple[list[str], list[list[str]]]:
     headers = [name for name, _ in SUMMARY_COLUMNS]
     rows = [[str(get(cell)) for _, get in SUMMARY_COLUMNS] for cell in run.cells]
     return headers, rows
+
+
+def invalid_table(run: RunResult) -> tuple[list[str], list[list[str]]]:
+    """(headers, rows): every invalid cell with the reasons the tool could not vouch for it."""
+    rows = [[c.label, reason] for c in run.cells if not c.valid for reason in c.invalid_reasons]
+    return ["cell", "why it is not a measurement"], rows
 
 
 def render_summary(run: RunResult, fmt: str = "simple") -> str:

@@ -24,7 +24,7 @@ import httpx
 from ..control import Control
 from ..errors import ServerStartError
 from . import cpu_setup
-from .process import LIVE_SERVERS, ProcessTree, parent_death_signal, pick_free_port, port_is_free, read_tail
+from .process import LIVE_SERVERS, ProcessTree, child_setup, pick_free_port, port_is_free, read_tail
 from .spec import ServerSpec, build_argv, resolve_device, server_env
 
 POLL_S = 0.5
@@ -152,7 +152,7 @@ class VLLMServer:
             launched_at = time.time()
             # The child keeps its own copy of the descriptor; ours can close right away.
             proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                    env=env, start_new_session=True, preexec_fn=parent_death_signal())
+                                    env=env, start_new_session=True, preexec_fn=child_setup(self.spec.cpus, self.spec.nice))
         self._tree = ProcessTree(proc, launched_at)
         if self._control is not None:
             self._control.close()

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -79,24 +79,42 @@ def _signal(proc: subprocess.Popen[bytes], sig: int) -> None:
         pass
 
 
-def parent_death_signal() -> Callable[[], None] | None:
-    """A preexec_fn asking Linux to SIGTERM the server when its parent dies (e.g. pytest SIGKILLed).
+def child_setup(cpus: Iterable[int] = (), nice: int = 0) -> Callable[[], None] | None:
+    """A preexec_fn for the server: pin it to `cpus` and lower its priority by `nice` (every child
+    inherits both) and, on Linux from the main thread, ask the kernel to SIGTERM it when its parent dies
+    (e.g. pytest SIGKILLed).
 
-    Linux ties this to the *thread* that forked, so it is only used from the main thread, which
-    lives as long as the process; elsewhere (and off Linux) the atexit guard is all there is.
+    Linux ties the parent-death signal to the *thread* that forked, so it is only used from the main
+    thread, which lives as long as the process; elsewhere the atexit guard is all there is.
     """
-    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
+    wanted = set(cpus)
+    prctl = _prctl() if threading.current_thread() is threading.main_thread() else None
+    if not wanted and not nice and prctl is None:
+        return None
+
+    def preexec() -> None:
+        if wanted:
+            os.sched_setaffinity(0, wanted)
+        if nice:
+            os.nice(nice)
+        if prctl is not None:
+            prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+    return preexec
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _prctl() -> Callable[[int, int], int] | None:
+    if not sys.platform.startswith("linux"):
         return None
     try:
         libc = ctypes.CDLL(None, use_errno=True)
     except OSError:
         return None
-    pr_set_pdeathsig = 1
-
-    def preexec() -> None:
-        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
-
-    return preexec
+    prctl: Callable[[int, int], int] = libc.prctl
+    return prctl
 
 
 class ProcessTree:

@@ -42,6 +42,8 @@ class ServerSpec:
     log_dir: Path | None = None  # None: a new folder under the system temp dir (kept for reading)
     cache_dir: Path | None = None  # holds VLLM_CACHE_ROOT between runs; None: default_cache_dir()
     env: Mapping[str, str] = field(default_factory=dict, hash=False)  # added to the environment last
+    cpus: tuple[int, ...] = ()  # the whole process tree's affinity (server/placement.py); () leaves it as is
+    nice: int = 0  # added to the process tree's niceness (server/placement.py)
 
 
 def spec_from_choice(choice: ModelChoice, **overrides: Any) -> ServerSpec:

@@ -61,6 +61,7 @@ class FakeConfig:
     fault_every: int = 1  # apply `fault` to every k-th generation request (1: all of them)
     slow_first_byte_ms: float = 1000.0
     record_truth: bool = True
+    other_traffic_tokens: int = 0  # /metrics counts this many more generated tokens per request: another client
 
 
 @dataclass
@@ -323,7 +324,7 @@ class FakeServer:
         s.truth.done = time.perf_counter()
         t.close()
         self.running -= 1
-        self.counters["generation_tokens"] += len(s.truth.sends)
+        self.counters["generation_tokens"] += len(s.truth.sends) + self.config.other_traffic_tokens
         self.counters["success"] += 1
         return False
 

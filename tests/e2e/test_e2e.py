@@ -13,8 +13,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
+
+from pytest_llmload.server.placement import parse_cpu_list
 
 
 
@@ -75,6 +78,29 @@ def test_plugin_starts_and_stops_vllm_and_marks_cells_that_cannot_run(pytester: 
                                            "--llm-max-tokens=8", "-p", "no:cacheprovider", timeout=600)
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*llmload: server log (last lines)*", "*2193*", "*-*"])
+    _assert_placed_and_measured(json.loads((pytester.path / "llmload-report" / "llmload.json").read_text()))
+
+
+def _assert_placed_and_measured(report: dict[str, Any]) -> None:
+    """On the CPU the client ran alone on the last core and vLLM's whole tree on the others, as /proc
+    showed it after the start; the cell that ran is a valid measurement with its time anchors."""
+    cores = sorted(os.sched_getaffinity(0))
+    placement = report["environment"]["placement"]
+    if len(cores) < 2:
+        assert placement["policy"] == "shared"
+        return
+    client, server = cores[-1], cores[:-1]
+    assert placement["policy"] == "isolated" and placement["problems"] == []
+    assert placement["client"]["cpus"] == str(client)
+    names = {p["name"] for p in placement["server_processes"]}
+    assert any("Worker" in n for n in names) and any("EngineCor" in n for n in names), names
+    for proc in placement["server_processes"]:
+        assert client not in parse_cpu_list(proc["cpus"]), proc
+        assert set(parse_cpu_list(proc["cpus"])) <= set(server), proc
+    [ran] = [c for c in report["cells"] if c["ok"]]
+    assert ran["valid"] is True and ran["invalid_reasons"] == [], ran["invalid_reasons"]
+    assert ran["extra"]["client"]["cpus"] == [client]
+    assert ran["t0_monotonic_ns"] > 0 and abs(ran["t0_unix_ns"] / 1e9 - time.time()) < 600
 
 
 def test_a_server_that_cannot_start_fails_the_session_with_its_log(pytester: pytest.Pytester) -> None:

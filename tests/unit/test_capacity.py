@@ -74,3 +74,22 @@ def test_noise_never_turns_a_miss_into_a_pass() -> None:
 def test_a_failing_cell_is_a_miss() -> None:
     result = find_max_users(lambda u: cell(users=u, itl=0.01, failed=u if u >= 8 else 0), SLO_2S, prompt_tokens=31)
     assert result.max_users == 7 and result.first_fail == 8
+
+
+def test_an_invalid_probe_is_measured_again_and_never_counts_as_a_pass() -> None:
+    import dataclasses
+
+    slo = SLO.from_kwargs({"e2e_p95_s": 100}, where="test")
+    runs: list[int] = []
+
+    def run_cell(users: int) -> CellResult:
+        runs.append(users)
+        good = cell(users=users)
+        disturbed = users == 4 and runs.count(4) == 1  # the first probe at 4 users was disturbed
+        return dataclasses.replace(good, valid=False, invalid_reasons=("stall",)) if disturbed else good
+
+    result = find_max_users(run_cell, slo, prompt_tokens=31, limit=8)
+    assert runs.count(4) == 2 and result.max_users == 8
+    always_bad = find_max_users(lambda u: dataclasses.replace(cell(users=u), valid=False, invalid_reasons=("x",)),
+                                slo, prompt_tokens=31, limit=8, repeats=1)
+    assert always_bad.max_users == 0 and always_bad.inconclusive == (1,) and always_bad.first_fail is None

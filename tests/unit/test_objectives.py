@@ -65,6 +65,25 @@ def test_ini_line_and_toml_file(tmp_path: pytest.TempPathFactory) -> None:
         load_slo_file(str(path))
 
 
+def test_an_invalid_cell_is_neither_a_pass_nor_a_miss() -> None:
+    import dataclasses
+
+    from pytest_llmload.errors import InvalidMeasurement, InvalidMeasurementWarning
+    from pytest_llmload.objectives import observing
+
+    bad = dataclasses.replace(cell(users=4), valid=False, invalid_reasons=("the measuring event loop stalled",))
+    slo = SLO.from_kwargs({"e2e_p95_s": 1000}, where="test")
+    with pytest.raises(InvalidMeasurement, match="invalid measurement: SLO e2e p95 <= 1000 s cannot be judged in "
+                                                 "cell users=4 .*\n  - the measuring event loop stalled"):
+        slo.check(bad)
+    with pytest.raises(InvalidMeasurement):
+        bad.assert_slo(e2e_p95_s=1000)
+    with observing(allow_invalid=True), pytest.warns(InvalidMeasurementWarning, match="event loop stalled"):
+        slo.check(bad)  # allowed: checked anyway, with a warning
+    with observing(allow_invalid=True), pytest.warns(InvalidMeasurementWarning), pytest.raises(SLOViolation):
+        SLO.from_kwargs({"e2e_p95_s": 0.001}, where="test").check(bad)
+
+
 def test_start_up_objectives_read_the_server_start_of_the_cell() -> None:
     import dataclasses
 

@@ -10,6 +10,8 @@ import pytest
 
 from pytest_llmload.results import CellResult, CellSpec, RequestRecord
 from pytest_llmload.observe.server_metrics import (
+    gauges,
+    peek_gauges,
     Histogram,
     ServerMetricsObserver,
     deltas,
@@ -153,7 +155,7 @@ def test_deltas_of_counters_and_histograms():
 def test_a_counter_that_went_back_is_a_warning():
     section, warnings = deltas(parse_prometheus(vllm_metrics(**AFTER)), parse_prometheus(vllm_metrics(**BEFORE)))
     assert section["counters"]["generation_tokens"] is None
-    assert any("went backwards" in w and "suspect" in w for w in warnings)
+    assert any("went backwards" in w and "cannot be compared" in w for w in warnings)
 
 
 def test_older_metric_names():
@@ -204,7 +206,7 @@ def test_observer_deltas_peaks_and_no_warnings_when_client_and_server_agree():
             time.sleep(0.01)
         ep.text = vllm_metrics(**AFTER)
         out = obs.after_cell(cell(rec(0, ttft=0.09), rec(1, ttft=0.13)))
-    assert out["available"] and out["warnings"] == []
+    assert out["available"] and out["invalid"] == []
     assert out["counters"]["generation_tokens"] == 200
     assert out["gauges_peak"] == {"kv_cache_usage": 0.4, "num_requests_running": 2, "num_requests_waiting": 3}
     assert out["polls"] >= 2 and out["poll_errors"] == 0
@@ -212,15 +214,15 @@ def test_observer_deltas_peaks_and_no_warnings_when_client_and_server_agree():
     assert not [t for t in threading.enumerate() if t.name == "llmload-metrics-poll"]
 
 
-def test_token_mismatch_is_a_suspect_measurement():
+def test_token_mismatch_makes_the_cell_invalid():
     ep = Endpoint(vllm_metrics(**BEFORE))
     obs = observer(ep)
     obs.before_cell(SPEC)
     ep.text = vllm_metrics(**AFTER)
     # The client saw 150 tokens (one usage lost to a timeout) where the server generated 200.
     out = obs.after_cell(cell(rec(0), rec(1, tokens=50), rec(2, ttft=None, tokens=None, error="timeout")))
-    assert len(out["warnings"]) == 1
-    assert "200" in out["warnings"][0] and "150" in out["warnings"][0] and "suspect" in out["warnings"][0]
+    [reason] = [r for r in out["invalid"] if "generated" in r]
+    assert "200" in reason and "150" in reason and "other traffic" in reason
     obs.close()
 
 
@@ -230,21 +232,36 @@ def test_failed_requests_with_usage_count_in_the_token_check():
     obs.before_cell(SPEC)
     ep.text = vllm_metrics(**AFTER)
     out = obs.after_cell(cell(rec(0, ttft=0.1), rec(1, ttft=None, tokens=100, error="incomplete_stream")))
-    assert not [w for w in out["warnings"] if "generated" in w]
+    assert not [w for w in out["invalid"] if "generated" in w]
     obs.close()
 
 
 @pytest.mark.parametrize("client_ttfts, fragment", [
-    ((0.30, 0.34), "exceeds the server's"),  # 0.32 - 0.1 > 0.05 + 20 % of 0.32
-    ((0.05, 0.05), "is below the server's"),  # the client cannot see the token before the server made it
+    ((0.30, 0.34), "TTFT mean 320.0 ms exceeds the server's own 100.0 ms"),  # 0.22 s > 0.1 s + 50 % of 0.1 s
+    ((0.05, 0.05), "TTFT mean 50.0 ms is below the server's"),  # the client cannot see the token first
 ])
-def test_ttft_disagreement_is_a_warning(client_ttfts, fragment):
+def test_ttft_disagreement_makes_the_cell_invalid(client_ttfts, fragment):
     ep = Endpoint(vllm_metrics(**BEFORE))
     obs = observer(ep)
     obs.before_cell(SPEC)
     ep.text = vllm_metrics(**AFTER)
     out = obs.after_cell(cell(*(rec(i, ttft=t) for i, t in enumerate(client_ttfts))))
-    assert len(out["warnings"]) == 1 and fragment in out["warnings"][0] and "suspect" in out["warnings"][0]
+    assert len(out["invalid"]) == 1 and fragment in out["invalid"][0]
+    obs.close()
+
+
+@pytest.mark.parametrize("client_end, invalid", [(1.36, False), (1.40, True)])
+def test_e2e_beyond_the_tolerance_makes_the_cell_invalid(client_end, invalid):
+    """The server's E2E mean is 1.2 s; the client may lie up to 50 ms + 10 % (0.17 s) above it."""
+    ep = Endpoint(vllm_metrics(**BEFORE))
+    obs = observer(ep)
+    obs.before_cell(SPEC)
+    ep.text = vllm_metrics(**AFTER)
+    records = [RequestRecord(index=i, start=0.0, end=client_end, first_token=0.1, output_tokens=100) for i in range(2)]
+    out = obs.after_cell(cell(*records))
+    assert bool(out["invalid"]) is invalid
+    if invalid:
+        assert "E2E mean 1400.0 ms exceeds the server's own 1200.0 ms" in out["invalid"][0]
     obs.close()
 
 
@@ -256,7 +273,7 @@ def test_settle_rescrapes_while_the_server_lags_behind_the_clients():
     ep.queue = [lagging, lagging]
     ep.text = vllm_metrics(**AFTER)
     out = obs.after_cell(cell(rec(0), rec(1)))
-    assert out["counters"]["generation_tokens"] == 200 and out["warnings"] == []
+    assert out["counters"]["generation_tokens"] == 200 and out["invalid"] == []
     assert ep.requests == 4
     obs.close()
 
@@ -293,3 +310,14 @@ def test_a_failed_closing_scrape_is_a_warning_for_that_cell_only():
 
 
 # -- a real vLLM --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("page", [
+    vllm_metrics(**BEFORE, running=2, waiting=3, kv=0.4),
+    vllm_metrics(**AFTER, kv_name="vllm:gpu_cache_usage_perc"),
+    "# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running{engine=\"0\"} 1\nvllm:num_requests_running{engine=\"1\"} 2\n",
+    "",
+])
+def test_the_pollers_line_scan_reads_the_gauges_the_full_parser_reads(page):
+    """The poller scans lines instead of parsing the page (it runs on the client's core during a cell)."""
+    assert peek_gauges(page) == gauges(parse_prometheus(page))
