@@ -13,11 +13,10 @@ Run it alone on the machine (it starts vLLM):
 Writes gate-real-vllm.json (every verdict with its per-repeat values and the server starts) and
 gate-real-vllm.md (the terminal's comparison tables) into --out.
 
-Until the validity checks of issue 12 fill `CellResult.valid`, a cell whose requests did not start
-together (the client starved on a shared core) enters the gate as a measurement. So the driver also
-re-judges every comparison offline with issue 12's start-spread rule applied to both sides (spread above
-max(50 ms, 5 % of the cell's E2E p50) -> invalid), labelled as such: what the gate does once the
-runner marks those cells itself.
+The runner marks cells it cannot vouch for (issue 12). Runs made before those checks existed were
+re-judged offline with issue 12's start-spread rule applied to both sides (spread above max(50 ms, 5 % of
+the cell's E2E p50) -> invalid); the driver still does so, labelled, which with the checks in place only
+changes a verdict where the runner's own checks let a staggered cell through.
 """
 
 from __future__ import annotations
@@ -159,6 +158,9 @@ def _markdown(results: list[dict[str, Any]]) -> str:
         if starts:
             out += ["server starts: " + ", ".join(f"ready {s.get('startup_s', 0):.1f} s / first TTFT "
                                                   f"{1000 * (s.get('first_ttft_s') or 0):.0f} ms" for s in starts), ""]
+        invalid = [c for c in r["cells"] if c.get("valid") is False]
+        out += [f"cells of the session's own server marked invalid by the runner: {len(invalid)} of {len(r['cells'])}"
+                + "".join(f"; {c['users']} users: {', '.join(c.get('invalid_reasons') or [])}" for c in invalid), ""]
         out += ["```", *r["terminal"], "```", ""]
         rejudged = r.get("with_start_spread_rule") or []
         if rejudged:
