@@ -69,6 +69,17 @@ def _flags(env: dict[str, Any]) -> Any:
     return server_flags(argv) if isinstance(argv, list) and argv else None
 
 
+PLACEMENT_PLAN = ("policy", "client_cpus", "server_cpus", "omp_threads_bind", "server_nice")
+
+
+def _placement(env: dict[str, Any]) -> Any:
+    """Where the client and the server were put (the plan, not the pids and threads seen this time)."""
+    placed = env.get("placement")
+    if not isinstance(placed, dict):
+        return None
+    return {k: placed[k] for k in PLACEMENT_PLAN if k in placed} or None
+
+
 def _cpu_only(read: Callable[[dict[str, Any]], Any]) -> Callable[[dict[str, Any]], Any]:
     """The CPU is the hardware of a run without GPUs; beside GPUs it is context (see `_CPU_CONTEXT`)."""
     return lambda env: None if layout(env).get("gpu_names") else read(env)
@@ -92,7 +103,7 @@ FACTS: tuple[tuple[str, Callable[[dict[str, Any]], Any], bool], ...] = (
     ("driver_version", _nested("driver_version"), False),
     ("cuda_version", _nested("cuda_version"), False),
     ("cpu_model (beside the GPUs)", _beside_gpus(_nested("cpu_model")), False),
-    ("placement", _nested("placement"), False),
+    ("placement", _placement, False),
     ("plugin_version", _nested("plugin_version"), False),
     ("git_commit", _nested("git_commit"), False),
     ("host", _nested("host"), False),

@@ -53,7 +53,13 @@ def head_lines(doc: dict[str, Any]) -> list[str]:
 
 
 def _difference(d: dict[str, Any], now: str, then: str) -> str:
-    return f"{d.get('key')}: {d.get('now')!r} {now}, {d.get('then')!r} {then}"
+    return f"{d.get('key')}: {_short(d.get('now'))} {now}, {_short(d.get('then'))} {then}"
+
+
+def _short(value: Any, limit: int = 160) -> str:
+    """A value's repr, cut in the middle when long (the whole value is in llmload.json)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit // 2 - 2]} ... {text[-(limit // 2 - 3):]}"
 
 
 def comparison_rows(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:

@@ -316,3 +316,16 @@ def test_a_b_refuses_nothing_and_names_the_sides() -> None:
     doc = result.to_dict()
     assert doc["cells"][0]["gates"][0]["verdict"] == "regression"
     assert [v["value"] for v in doc["cells"][0]["gates"][0]["current"]] == pytest.approx([2.6, 2.9, 2.4], rel=0.05)
+
+
+def test_placement_differs_by_its_plan_not_by_the_pids_seen() -> None:
+    def placed(client: str, pid: int) -> dict[str, object]:
+        return {"placement": {"policy": "isolated", "client_cpus": client, "server_cpus": "0",
+                              "client": {"pid": pid, "cpus": client}, "server_processes": [{"pid": pid + 1}]}}
+
+    base = repeated_run({(8, 63): [0.6, 0.6]}, environment=placed("1", 100))
+    same = repeated_run({(8, 63): [0.6, 0.6]}, environment=placed("1", 200))
+    assert compare(same, base).differences == []
+    moved = repeated_run({(8, 63): [0.6, 0.6]}, environment=placed("0-1", 300))
+    (diff,) = compare(moved, base).differences
+    assert diff.key == "placement" and not diff.deployment and diff.now["client_cpus"] == "0-1"
