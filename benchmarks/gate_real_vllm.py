@@ -1,14 +1,15 @@
-"""The regression gate on the real vLLM CPU default (tiny model), as a user runs it: five pytest sessions.
+"""The regression gate on the real vLLM CPU default (tiny model), as a user runs it: eight pytest sessions.
 
-    1. save a baseline (8 and 32 users x 63 tokens, 100 tokens each, --llm-repeats 3)
+    1. save a baseline in three sessions (8 and 32 users x 63 tokens, 100 tokens, --llm-repeats 3)
     2. a later session of the same server compared against it   -> expected: no regression
-    3. A/B in one session, candidate --max-num-seqs=4            -> expected: regression at 32 users
-    4. A/B in one session, candidate --max-num-seqs=256          -> expected: no regression (+ start-up gate)
-    5. the baseline with its 32-user repeats marked invalid       -> expected: verdict "invalid", no reference
+    3. a later session started with --max-num-seqs=4 against it  -> expected: regression at 32 users
+    4. A/B in one session, candidate --max-num-seqs=4            -> expected: regression at 32 users
+    5. A/B in one session, candidate --max-num-seqs=256          -> expected: no regression (+ start-up gate)
+    6. the baseline with its 32-user repeats marked invalid       -> expected: verdict "invalid", no reference
 
 Run it alone on the machine (it starts vLLM):
 
-    flock /tmp/llmload-vllm.lock python benchmarks/gate_real_vllm.py --out benchmarks/results
+    flock /tmp/llmload-vllm.lock python benchmarks/gate_real_vllm.py --out benchmarks/results   # ~9 min
 
 Writes gate-real-vllm.json (every verdict with its per-repeat values and the server starts) and
 gate-real-vllm.md (the terminal's comparison tables) into --out.
@@ -41,12 +42,16 @@ GATES = ["--llm-compare-fail=e2e_p50:10%", "--llm-compare-fail=ttft_p50:10%"]
 INVALID_REASON = "marked invalid for this check (the issue's artefact: start spread 1.67 s)"
 
 SESSIONS: list[tuple[str, list[str], str]] = [
-    ("1-save-baseline", ["--llm-save-baseline=base.json"], "saves 3 repeats"),
+    ("1a-save-baseline", ["--llm-save-baseline=base.json"], "a baseline of 1 session"),
+    ("1b-save-baseline", ["--llm-save-baseline=base.json"], "2 sessions"),
+    ("1c-save-baseline", ["--llm-save-baseline=base.json"], "3 sessions"),
     ("2-same-server-later", ["--llm-baseline=base.json", *GATES], "no regression"),
-    ("3-ab-max-num-seqs-4", ["--llm-candidate-server-arg=--max-num-seqs=4", *GATES], "regression at 32 users"),
-    ("4-ab-max-num-seqs-256", ["--llm-candidate-server-arg=--max-num-seqs=256", *GATES,
+    ("3-max-num-seqs-4-later", ["--llm-server-arg=--max-num-seqs=4", "--llm-baseline=base.json", *GATES],
+     "regression at 32 users"),
+    ("4-ab-max-num-seqs-4", ["--llm-candidate-server-arg=--max-num-seqs=4", *GATES], "regression at 32 users"),
+    ("5-ab-max-num-seqs-256", ["--llm-candidate-server-arg=--max-num-seqs=256", *GATES,
                                "--llm-compare-fail=startup:50%"], "no regression"),
-    ("5-invalid-baseline-cell", ["--llm-baseline=base-invalid.json", *GATES], "32 users: invalid"),
+    ("6-invalid-baseline-cell", ["--llm-baseline=base-invalid.json", *GATES], "32 users: invalid"),
 ]
 
 
@@ -58,7 +63,7 @@ def main() -> int:
     (work / "test_gate.py").write_text(TEST)
     results = []
     for name, extra, expected in SESSIONS:
-        if name.startswith("5-"):
+        if name.startswith("6-"):
             _mark_invalid(work / "base.json", work / "base-invalid.json", users=32)
         results.append(_session(work, name, extra, expected))
         print(f"{name}: exit {results[-1]['exit']} in {results[-1]['wall_s']:.0f} s", flush=True)

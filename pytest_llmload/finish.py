@@ -7,8 +7,9 @@ are always on disk. In order:
 1. repeats: every cell measured gets its remaining `--llm-repeats` (in passes over the cells; on both
    servers in an A/B session); with a gate on `startup` / `first_ttft`, the launched servers are started
    again until each has as many starts (A and B alternating);
-2. the baseline is saved (a warning names invalid cells: recorded as such, never used as a reference);
-3. comparisons: this run against `--llm-baseline`, the candidate against this run;
+2. comparisons: this run against `--llm-baseline`, the candidate against this run;
+3. the baseline is saved: this session is added to a baseline of the same deployment (`gate/baseline.py`),
+   unless a gate failed; a warning names invalid cells (recorded as such, never used as a reference);
 4. reports (the comparisons go into `llmload.json` under `extra.comparisons`).
 
 `gate_failed` says whether the session must fail: a regression, an invalid measurement under a gate, or
@@ -38,6 +39,7 @@ class FinishState:
     comparisons: list[Comparison] = field(default_factory=list)
     reference_text: str | None = None
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     gate_problems: list[str] = field(default_factory=list)  # what failed the gate, one line each
     inconclusive: int = 0  # gate verdicts that were inconclusive (fail the session only when strict)
@@ -60,14 +62,14 @@ def finish_session(load: LoadSession, config: Any = None) -> FinishState:
         _guard(state, "measuring the remaining repeats", lambda: _complete_repeats(load, state))
     if any(g.run_level for g in gates) and not load.run.interrupted:
         _guard(state, "measuring more server starts", lambda: _sample_starts(load, s.effective_repeats))
-    if (save_to := s.save_baseline) is not None:
-        _guard(state, "saving the baseline", lambda: _save_baseline(load, state, save_to))
     if (baseline := s.baseline) is not None:
         _guard(state, "comparing with the baseline", lambda: _compare(load, state, baseline, gates), fails_gate=True)
     if load.candidate is not None:
         _guard(state, "comparing the candidate", lambda: _compare_candidate(load, state, gates), fails_gate=True)
     # --llm-allow-invalid turns invalid measurements under a gate into warnings, as for objectives.
     _judge(state, s.compare_strict, allow_invalid=s.allow_invalid)
+    if (save_to := s.save_baseline) is not None:  # after comparing: the same file may be both
+        _guard(state, "saving the baseline", lambda: _save_baseline(load, state, save_to))
     load.run.extra["comparisons"] = [c.to_dict() for c in state.comparisons]
     state.paths = load.write_reports()
     if load.candidate is not None and load.candidate.run.cells:
@@ -118,9 +120,23 @@ def _sample_starts(load: LoadSession, starts: int) -> None:
 
 
 def _save_baseline(load: LoadSession, state: FinishState, path: str) -> None:
-    from .report.json_report import save_baseline
+    """Add this session to the baseline at `path` (a new one, or one of the same deployment), unless a
+    gate failed: a session that regressed is no reference."""
+    from .errors import ReportFileError
+    from .gate.baseline import add_session
+    from .report.json_report import load_baseline, save_baseline
 
-    save_baseline(load.run, path)
+    if state.gate_failed:
+        state.warnings.append(f"the baseline {path} was not updated: the gate failed in this session")
+        return
+    try:
+        existing = load_baseline(path) if Path(path).exists() else None
+    except ReportFileError as exc:
+        existing = None
+        state.warnings.append(f"the baseline {path} could not be read and is started over: {exc.problem}")
+    baseline, note = add_session(existing, load.run)
+    save_baseline(baseline, path)
+    state.notes.append(f"baseline {path}: {note}")
     invalid = [c for c in load.run.cells if c.ok and not c.valid]
     if invalid:
         named = "; ".join(f"{c.label}: {', '.join(c.invalid_reasons) or 'no reason given'}" for c in invalid[:6])
@@ -204,6 +220,8 @@ def terminal_summary(load: LoadSession, state: FinishState, write_line: Callable
             write_line(line)
     if state.paths:
         write_line(f"pytest-llmload reports: {load.report_dir()}")
+    for note in state.notes:
+        write_line(f"pytest-llmload: {note}")
     for warning in state.warnings:
         write_line(f"pytest-llmload: WARNING: {warning}")
     for problem in state.problems:

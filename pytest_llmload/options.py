@@ -321,7 +321,8 @@ OPTIONS: tuple[Option, ...] = (
     # --- reports and gates
     Option("report-dir", "Folder for llmload.json, CSV, Markdown and report.html.", str, "DIR"),
     Option("report-metrics", "Matrices printed at the end of the session.", parse_metric_list, "LIST"),
-    Option("save-baseline", "Save this run as a baseline file.", str, "PATH"),
+    Option("save-baseline", "Save this session into a baseline file (a baseline of the same deployment gains "
+           "this session; the last 10 are kept).", str, "PATH"),
     Option("baseline", "Compare this run against a saved baseline and show per-cell deltas.", str, "PATH"),
     Option("compare-fail", "Fail the session on a regression beyond a threshold, e.g. e2e_p95:10% "
            "(repeatable; higher latency / lower throughput is worse).", parse_gate_text, "METRIC:PCT", "append"),

@@ -38,7 +38,7 @@ from ..errors import BaselineMismatchError
 from ..results import CellResult, RunResult
 from ..vocabulary import METRICS, SCALARS, Gate, any_metric
 from .provenance import LAYOUT_KEYS, Difference, differences, layout
-from .stats import CONFIDENCE, MIN_REPEATS, ratio_interval
+from .stats import CONFIDENCE, MIN_REPEATS, ratio_interval, session_interval
 
 __all__ = ["CONFIDENCE", "DELTA_METRICS", "LAYOUT_KEYS", "MIN_REPEATS", "VERDICTS", "CellComparison", "Comparison",
            "Delta", "GateResult", "RepeatValue", "compare", "evaluate_gate", "evaluate_run_gate", "layout",
@@ -46,6 +46,7 @@ __all__ = ["CONFIDENCE", "DELTA_METRICS", "LAYOUT_KEYS", "MIN_REPEATS", "VERDICT
 
 VERDICTS = ("regression", "invalid", "inconclusive", "ok", "improved")  # worst first
 STARTS_KEY = "server_starts"  # RunResult.extra: one {"startup_s", "first_ttft_s"} per start of the server
+SESSION_KEY = "baseline_session"  # a baseline cell's extra: the session it was measured in (0, 1, ...)
 
 
 # ------------------------------------------------------------------------------------- per repeat
@@ -59,13 +60,14 @@ class RepeatValue:
     used: bool
     note: str = ""
     invalid: bool = False
+    session: int = 0  # which session of a baseline it was measured in (see gate/baseline.py)
 
     def show(self, metric: str) -> str:
         text = "-" if self.value is None else any_metric(metric).format(self.value)
         return text if self.used else f"({text} {self.note.split(':')[0]})"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"value": self.value, "used": self.used, "note": self.note}
+        return {"value": self.value, "used": self.used, "note": self.note, "session": self.session}
 
 
 def _min_values(gate: Gate) -> int:
@@ -87,18 +89,25 @@ def _count(cell: CellResult, gate: Gate) -> int:
 
 def repeat_value(cell: CellResult, gate: Gate) -> RepeatValue:
     """The gate's statistic for one repeat, or why it does not count."""
+    session = session_of(cell)
     if not cell.ok:
-        return RepeatValue(None, False, f"failed: {cell.error or 'no request succeeded'}")
+        return RepeatValue(None, False, f"failed: {cell.error or 'no request succeeded'}", session=session)
     value = cell.value(gate.metric, gate.stat)
     if not cell.valid:
         return RepeatValue(value, False, "invalid: " + ("; ".join(cell.invalid_reasons) or "no reason given"),
-                           invalid=True)
+                           invalid=True, session=session)
     need, have = _min_values(gate), _count(cell, gate)
     if have < need:
-        return RepeatValue(value, False, f"few: {have} values, {gate.name} needs {need}")
+        return RepeatValue(value, False, f"few: {have} values, {gate.name} needs {need}", session=session)
     if value is None or not (value > 0 and math.isfinite(value)):
-        return RepeatValue(None, False, "undefined: no value")
-    return RepeatValue(value, True)
+        return RepeatValue(None, False, "undefined: no value", session=session)
+    return RepeatValue(value, True, session=session)
+
+
+def session_of(cell: CellResult) -> int:
+    """The baseline session a cell was measured in (0 for a run of one session)."""
+    tag = cell.extra.get(SESSION_KEY) if isinstance(cell.extra, dict) else None
+    return tag if isinstance(tag, int) else 0
 
 
 # ------------------------------------------------------------------------------------------ verdicts
@@ -158,19 +167,25 @@ def _geometric_mean(values: Sequence[float]) -> float:
 
 
 def judge(gate: Gate, current: Sequence[RepeatValue], baseline: Sequence[RepeatValue],
-          sides: tuple[str, str] = ("now", "in the baseline")) -> GateResult:
-    """The verdict of a gate from per-repeat values of both sides (failed repeats handled by the caller)."""
+          sides: tuple[str, str] = ("now", "in the baseline"), by_session: bool = False) -> GateResult:
+    """The verdict of a gate from per-repeat values of both sides (failed repeats handled by the caller).
+
+    `by_session`: the baseline was measured in other sessions, so the spread that counts is the one
+    between its sessions (`stats.session_interval`); else the two sides ran in one session (A/B) and
+    the spread between repeats counts (`stats.ratio_interval`)."""
     cur, base = tuple(current), tuple(baseline)
     used_c = [v.value for v in cur if v.used and v.value is not None]
     used_b = [v.value for v in base if v.used and v.value is not None]
     change = None
     if used_c and used_b:
         change = _worse_pct(_geometric_mean(used_c) / _geometric_mean(used_b), gate.higher_is_better)
-    if min(len(used_c), len(used_b)) < MIN_REPEATS:
-        verdict, reason = _too_few(cur, base, sides)
+    if by_session:
+        interval = session_interval(used_c, list(_sessions(base).values()))
+    else:
+        interval = ratio_interval(used_c, used_b)
+    if interval is None:
+        verdict, reason = _too_few(cur, base, sides, by_session)
         return GateResult(gate, verdict, change, None, None, cur, base, reason)
-    interval = ratio_interval(used_c, used_b)
-    assert interval is not None  # both sides have MIN_REPEATS
     bounds = sorted((_worse_pct(interval.low, gate.higher_is_better), _worse_pct(interval.high, gate.higher_is_better)))
     verdict = _verdict(bounds[0], bounds[1], gate.threshold_pct)
     notes = [f"{n} repeat(s) {side} left out: {note}" for side, vals in zip(sides, (cur, base))
@@ -188,17 +203,35 @@ def _left_out(values: Sequence[RepeatValue]) -> list[tuple[int, str]]:
     return [(n, note) for note, n in notes.items()]
 
 
-def _too_few(cur: Sequence[RepeatValue], base: Sequence[RepeatValue], sides: tuple[str, str]) -> tuple[str, str]:
+def _sessions(values: Sequence[RepeatValue]) -> dict[int, list[float]]:
+    """The usable values of each baseline session."""
+    out: dict[int, list[float]] = {}
+    for v in values:
+        if v.used and v.value is not None:
+            out.setdefault(v.session, []).append(v.value)
+    return out
+
+
+def _too_few(cur: Sequence[RepeatValue], base: Sequence[RepeatValue], sides: tuple[str, str],
+             by_session: bool = False) -> tuple[str, str]:
     """'invalid' when invalid repeats left a side short, else 'inconclusive'; with the reason."""
+    usable_now = sum(v.used for v in cur)
+    short_now = usable_now < (1 if by_session else MIN_REPEATS)
+    short_before = (len(_sessions(base)) if by_session else sum(v.used for v in base)) < MIN_REPEATS
     invalid = [f"invalid measurement {side}: {v.note.removeprefix('invalid: ')}"
-               for side, vals in zip(sides, (cur, base)) if sum(x.used for x in vals) < MIN_REPEATS
+               for side, vals, short in zip(sides, (cur, base), (short_now, short_before)) if short
                for v in vals if v.invalid]
-    if invalid:
+    if invalid and (short_now or not by_session or not _sessions(base)):
         return "invalid", "; ".join(dict.fromkeys(invalid)) + " (never used as a reference or a regression)"
-    counts = ", ".join(f"{sum(v.used for v in vals)} usable repeat(s) {side}" for side, vals in zip(sides, (cur, base)))
     left_out = [f"{note}" for vals in (cur, base) for _, note in _left_out(vals)]
+    tail = f"; left out: {'; '.join(dict.fromkeys(left_out))}" if left_out else ""
+    if by_session and not short_now:
+        return "inconclusive", (f"the baseline holds {len(_sessions(base))} session(s) of this cell: the spread "
+                                f"between sessions needs {MIN_REPEATS} (save the baseline into the same file in "
+                                f"another session to add one, or compare A/B in one session){tail}")
+    counts = ", ".join(f"{sum(v.used for v in vals)} usable repeat(s) {side}" for side, vals in zip(sides, (cur, base)))
     return "inconclusive", (f"{counts}: the spread between runs needs {MIN_REPEATS} on each side (--llm-repeats)"
-                            + (f"; left out: {'; '.join(dict.fromkeys(left_out))}" if left_out else ""))
+                            + tail)
 
 
 def _verdict(lo: float, hi: float, threshold: float) -> str:
@@ -212,7 +245,7 @@ def _verdict(lo: float, hi: float, threshold: float) -> str:
 
 
 def evaluate_gate(current: Sequence[CellResult], baseline: Sequence[CellResult], gate: Gate,
-                  sides: tuple[str, str] = ("now", "in the baseline")) -> GateResult:
+                  sides: tuple[str, str] = ("now", "in the baseline"), by_session: bool = False) -> GateResult:
     """The verdict of one gate for one cell, from its repeats on both sides."""
     cur = tuple(repeat_value(c, gate) for c in current)
     base = tuple(repeat_value(c, gate) for c in baseline)
@@ -227,7 +260,7 @@ def evaluate_gate(current: Sequence[CellResult], baseline: Sequence[CellResult],
                           f"the cell failed {sides[1]} in {len(failed_before)} of {len(baseline)} repeat(s)")
     if failed_now and failed_before:
         return GateResult(gate, "inconclusive", None, None, None, cur, base, "the cell failed on both sides")
-    return judge(gate, cur, base, sides)
+    return judge(gate, cur, base, sides, by_session)
 
 
 def server_starts(run: RunResult) -> list[dict[str, Any]]:
@@ -447,7 +480,8 @@ def compare(current: RunResult, baseline: RunResult, gates: Sequence[Gate] = (),
             + " (--llm-compare-force compares anyway)")
     cur, base = repeats_by_key(current), repeats_by_key(baseline)
     cell_gates = [g for g in gates if not g.run_level]
-    cells = [_compare_cell(cur[k], base[k], cell_gates, sides) for k in cur if k in base]
+    by_session = kind == "baseline"  # a baseline ran in other sessions; A/B ran in this one
+    cells = [_compare_cell(cur[k], base[k], cell_gates, sides, by_session) for k in cur if k in base]
     return Comparison(
         cells=cells, gates=list(gates),
         only_current=[c[0] for k, c in cur.items() if k not in base],
@@ -459,8 +493,8 @@ def compare(current: RunResult, baseline: RunResult, gates: Sequence[Gate] = (),
 
 
 def _compare_cell(current: Sequence[CellResult], baseline: Sequence[CellResult], gates: Sequence[Gate],
-                  sides: tuple[str, str]) -> CellComparison:
+                  sides: tuple[str, str], by_session: bool) -> CellComparison:
     deltas = tuple(Delta(label, m, _mean_value(baseline, m, s), _mean_value(current, m, s))
                    for label, m, s in DELTA_METRICS)
     return CellComparison(tuple(current), tuple(baseline), deltas,
-                          tuple(evaluate_gate(current, baseline, g, sides) for g in gates))
+                          tuple(evaluate_gate(current, baseline, g, sides, by_session) for g in gates))

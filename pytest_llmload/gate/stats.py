@@ -13,6 +13,15 @@ The spread that enters is the spread *between repeats*, which holds the noise a 
 (placement, caches, neighbours); within-run request-to-request spread only enters through it. With
 fewer than two repeats on a side there is no spread to estimate, and `ratio_interval` returns None.
 
+Against a baseline saved in other sessions, the spread that matters is the one *between sessions* (a
+session differs from the next by its server start, its neighbours, the hour): `session_interval` treats
+each baseline session's mean as one observation and asks whether this session's mean lies beyond them,
+
+    d  = mean(log values now) - mean over sessions of mean(log values of the session)
+    se = s_sessions * sqrt(1 + 1/S),  df = S - 1        (a prediction interval for one more session)
+
+and needs at least two baseline sessions; with one, the spread between sessions is unknown.
+
 Student's t quantile comes from the regularized incomplete beta function (a continued fraction,
 Numerical Recipes' `betacf`), so the package needs no scipy.
 """
@@ -53,6 +62,26 @@ def ratio_interval(current: Sequence[float], baseline: Sequence[float],
     df = (vc + vb) ** 2 / ((vc**2 / (len(lc) - 1) if vc else 0.0) + (vb**2 / (len(lb) - 1) if vb else 0.0))
     t = t_quantile(confidence, df)
     return RatioInterval(math.exp(d), math.exp(d - t * se), math.exp(d + t * se), df)
+
+
+def session_interval(current: Sequence[float], sessions: Sequence[Sequence[float]],
+                     confidence: float = CONFIDENCE) -> RatioInterval | None:
+    """current/baseline where the baseline is S sessions of repeats (all values > 0): the interval of
+    this session's geometric mean against the spread of the baseline sessions' geometric means (a
+    prediction interval, df = S - 1). None with no value now or fewer than MIN_REPEATS sessions."""
+    sessions = [s for s in sessions if s]
+    if not current or len(sessions) < MIN_REPEATS:
+        return None
+    if any(not (v > 0 and math.isfinite(v)) for v in (*current, *(v for s in sessions for v in s))):
+        raise ValueError("per-repeat values must be finite and above 0 to compare ratios")
+    now = _mean([math.log(v) for v in current])
+    means = [_mean([math.log(v) for v in s]) for s in sessions]
+    d = now - _mean(means)
+    se = math.sqrt(_var(means) * (1.0 + 1.0 / len(means)))
+    if se == 0.0:
+        return RatioInterval(math.exp(d), math.exp(d), math.exp(d), math.inf)
+    t = t_quantile(confidence, len(means) - 1)
+    return RatioInterval(math.exp(d), math.exp(d - t * se), math.exp(d + t * se), float(len(means) - 1))
 
 
 def _mean(xs: Sequence[float]) -> float:

@@ -48,7 +48,8 @@ def head_lines(doc: dict[str, Any]) -> list[str]:
     if len(context) > MAX_CONTEXT_LINES:
         lines.append(f"differs: ... and {len(context) - MAX_CONTEXT_LINES} more (see llmload.json)")
     lines.append(f"Changes are {cur} vs {base}; * marks a change for the worse (latency up, throughput down). "
-                 f"Gate values are per repeat, {base} -> {cur}; values in parentheses were left out.")
+                 f"Gate values are per repeat, {base} -> {cur} (| separates a baseline's sessions); values in "
+                 "parentheses were left out.")
     return lines
 
 
@@ -107,7 +108,9 @@ def _side(values: Any, metric: str) -> str:
         return "-"
     m = any_metric(metric)
     out = []
-    for v in values:
+    for i, v in enumerate(values):
+        if i and v.get("session", 0) != values[i - 1].get("session", 0):
+            out.append("|")  # a baseline's sessions, oldest first
         text = "-" if v.get("value") is None else f"{v['value'] * m.scale:.3g}"
         out.append(text if v.get("used") else f"({text} {str(v.get('note', '')).split(':')[0]})")
     return " ".join(out)

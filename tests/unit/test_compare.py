@@ -103,6 +103,11 @@ def test_parse_gate_rejects_bad_gates_naming_them(text: str, message: str) -> No
 
 
 # ---------------------------------------------------------------------------- verdicts from repeats
+def ab(cur: RunResult, base: RunResult, gates: list | None = None):  # type: ignore[no-untyped-def]
+    """Both sides measured in one session (A/B): the spread between repeats decides."""
+    return compare(cur, base, gates or [], kind="candidate")
+
+
 # The issue's machine: an unchanged server's 8-user E2E p50 read 0.42-0.83 s from run to run, while the
 # requests of one run agree within a few percent. Levels below are per-repeat E2E values (seconds).
 NOISY_SAME_A = [0.60, 0.78, 0.50]
@@ -114,7 +119,7 @@ def test_one_run_against_one_run_is_inconclusive_however_large_the_change() -> N
     the requests of one run say nothing about the next run."""
     cur = repeated_run({(8, 63): [1.5]}, seed=1)
     base = repeated_run({(8, 63): [0.6]})
-    (cell,) = compare(cur, base, [parse_gate("e2e_p50:10%")]).cells
+    (cell,) = ab(cur, base, [parse_gate("e2e_p50:10%")]).cells
     (gate,) = cell.gates
     assert gate.verdict == "inconclusive" and gate.ci_low_pct is None
     assert gate.change_pct == pytest.approx(150, abs=10)  # the change is still shown
@@ -123,7 +128,7 @@ def test_one_run_against_one_run_is_inconclusive_however_large_the_change() -> N
 
 def test_run_to_run_noise_of_an_unchanged_server_is_not_a_regression() -> None:
     cur, base = repeated_run({(8, 63): NOISY_SAME_B}, seed=1), repeated_run({(8, 63): NOISY_SAME_A})
-    result = compare(cur, base, [parse_gate("e2e_p50:10%"), parse_gate("ttft_p50:10%")])
+    result = ab(cur, base, [parse_gate("e2e_p50:10%"), parse_gate("ttft_p50:10%")])
     assert not result.failed
     assert {g.verdict for g in result.cells[0].gates} == {"inconclusive"}
     assert "straddles" in result.cells[0].gates[0].reason
@@ -132,7 +137,7 @@ def test_run_to_run_noise_of_an_unchanged_server_is_not_a_regression() -> None:
 def test_a_clear_change_beyond_the_noise_is_a_regression_with_its_values() -> None:
     cur = repeated_run({(32, 63): [2.6, 2.9, 2.4]}, seed=1)
     base = repeated_run({(32, 63): [0.94, 1.10, 0.85]})
-    result = compare(cur, base, [parse_gate("e2e_p50:10%")])
+    result = ab(cur, base, [parse_gate("e2e_p50:10%")])
     (gate,) = result.cells[0].gates
     assert gate.verdict == "regression" and result.failed
     assert gate.ci_low_pct is not None and gate.ci_low_pct > 10
@@ -145,17 +150,17 @@ def test_improvement_and_throughput_direction() -> None:
     cur = repeated_run({(32, 63): [0.50, 0.52, 0.49]}, seed=1)
     base = repeated_run({(32, 63): [1.00, 1.05, 0.98]})
     gates = [parse_gate(g) for g in ("e2e_mean:10%", "tokens_per_s_per_user_mean:10%", "total_tokens_per_s:10%")]
-    (cell,) = compare(cur, base, gates).cells
+    (cell,) = ab(cur, base, gates).cells
     assert [g.verdict for g in cell.gates] == ["improved"] * 3
     assert all(g.change_pct is not None and g.change_pct < -40 for g in cell.gates)
-    slower = compare(base, cur, gates).cells[0]
+    slower = ab(base, cur, gates).cells[0]
     assert [g.verdict for g in slower.gates] == ["regression"] * 3  # throughput down is worse too
 
 
 def test_within_the_threshold_surely_is_ok() -> None:
     cur = repeated_run({(8, 63): [0.701, 0.703, 0.699]}, seed=1)
     base = repeated_run({(8, 63): [0.700, 0.702, 0.698]})
-    (gate,) = compare(cur, base, [parse_gate("e2e_mean:10%")]).cells[0].gates
+    (gate,) = ab(cur, base, [parse_gate("e2e_mean:10%")]).cells[0].gates
     assert gate.verdict == "ok" and gate.ci_high_pct is not None and gate.ci_high_pct < 10
 
 
@@ -209,10 +214,10 @@ def test_an_invalid_current_cell_is_never_a_regression() -> None:
 def test_one_invalid_repeat_is_left_out_and_the_rest_decide() -> None:
     base = repeated_run({(32, 63): [0.94, 1.10, 0.85]})
     cur = repeated_run({(32, 63): [2.6, 0.3, 2.4]}, seed=1, invalid={(32, 63, 1): "event loop stalled 300 ms"})
-    (gate,) = compare(cur, base, [parse_gate("e2e_p50:10%")]).cells[0].gates
+    (gate,) = ab(cur, base, [parse_gate("e2e_p50:10%")]).cells[0].gates
     assert gate.verdict == "regression" and gate.n_current == 2
     assert "1 repeat(s) now left out: invalid: event loop stalled 300 ms" in gate.reason
-    assert "(0.3" in render_comparison(compare(cur, base, [parse_gate("e2e_p50:10%")]))
+    assert "(0.3" in render_comparison(ab(cur, base, [parse_gate("e2e_p50:10%")]))
 
 
 def test_failed_cell_is_a_regression_and_unmatched_cells_are_listed() -> None:
@@ -329,3 +334,59 @@ def test_placement_differs_by_its_plan_not_by_the_pids_seen() -> None:
     moved = repeated_run({(8, 63): [0.6, 0.6]}, environment=placed("0-1", 300))
     (diff,) = compare(moved, base).differences
     assert diff.key == "placement" and not diff.deployment and diff.now["client_cpus"] == "0-1"
+
+
+# ------------------------------------------------------------------------- baselines of several sessions
+def _baseline(*sessions: list[float]) -> RunResult:
+    """A baseline of the 8-user cell saved in len(sessions) sessions, each with these per-repeat E2Es."""
+    from pytest_llmload.gate.baseline import add_session
+
+    baseline = None
+    for i, levels in enumerate(sessions):
+        baseline, _ = add_session(baseline, repeated_run({(8, 63): levels}, seed=10 + i))
+    assert baseline is not None
+    return baseline
+
+
+def test_a_baseline_of_one_session_gives_no_verdict_however_large_the_change() -> None:
+    """The run-4 lesson (benchmarks/results/gate-real-vllm.md): a later session of the unchanged server
+    ran +31 % [+17.5 %, +45.8 %] slower with every cell valid. Repeats within a session cannot see what
+    differs between sessions, so one baseline session cannot be a reference for a verdict."""
+    base = _baseline([0.86, 0.816, 0.748])
+    cur = repeated_run({(8, 63): [1.02, 1.05, 1.1]}, seed=1)
+    (gate,) = compare(cur, base, [parse_gate("e2e_p50:10%")]).cells[0].gates
+    assert gate.verdict == "inconclusive" and gate.change_pct == pytest.approx(31, abs=3)
+    assert "the baseline holds 1 session(s)" in gate.reason and "A/B in one session" in gate.reason
+    assert ab(cur, base, [parse_gate("e2e_p50:10%")]).cells[0].verdict == "regression"  # what Welch would say
+
+
+def test_the_spread_between_baseline_sessions_decides() -> None:
+    base = _baseline([0.86, 0.82, 0.75], [0.48, 0.48, 0.53], [0.60, 0.56, 0.53])  # the shared machine's sessions
+    gates = [parse_gate("e2e_p50:10%")]
+    same = compare(repeated_run({(8, 63): [1.02, 1.05, 1.1]}, seed=1), base, gates).cells[0].gates[0]
+    assert same.verdict == "inconclusive"  # within what sessions of the unchanged server read
+    tripled = compare(repeated_run({(8, 63): [2.0, 2.1, 1.9]}, seed=1), base, gates).cells[0].gates[0]
+    assert tripled.verdict == "regression" and tripled.ci_low_pct is not None and tripled.ci_low_pct > 10
+    steady = _baseline([0.60, 0.61, 0.60], [0.62, 0.61, 0.62], [0.61, 0.60, 0.61])  # a quiet machine
+    slower = compare(repeated_run({(8, 63): [0.80, 0.81, 0.80]}, seed=1), steady, gates).cells[0].gates[0]
+    assert slower.verdict == "regression"  # +31 % is beyond what its sessions vary
+    assert " | " in render_comparison(compare(repeated_run({(8, 63): [0.8]}, seed=1), steady, gates))
+
+
+def test_adding_sessions_to_a_baseline() -> None:
+    from pytest_llmload.gate.baseline import add_session, session_count
+    from pytest_llmload.gate.compare import session_of
+
+    base = _baseline([0.6, 0.6], [0.7, 0.7], [0.8, 0.8])
+    assert session_count(base) == 3 and [session_of(c) for c in base.cells] == [0, 0, 1, 1, 2, 2]
+    assert len(base.extra["sessions"]) == 3
+    kept, note = add_session(base, repeated_run({(8, 63): [0.9]}, seed=9), keep=3)
+    assert [session_of(c) for c in kept.cells] == [0, 0, 1, 1, 2] and "3 session(s)" in note
+    assert [round(c.value("e2e", "p50"), 1) for c in kept.cells][:2] == [0.7, 0.7]  # the oldest went
+    other = repeated_run({(8, 63): [0.6]}, environment={"model_weights": {"digest": "other"}})
+    base.environment["model_weights"] = {"digest": "first"}
+    replaced, note = add_session(base, other)
+    assert session_count(replaced) == 1 and "replaced: model_weights differs" in note
+    run = repeated_run({(8, 63): [0.6]})
+    run.extra["comparisons"] = [{"kind": "baseline"}]
+    assert "comparisons" not in add_session(None, run)[0].extra

@@ -44,7 +44,7 @@ def test_a_baseline_with_an_invalid_cell_is_not_a_reference_and_fails_the_gate_a
     load.run = repeated_run({(8, 63): [0.61, 0.60, 0.62], (32, 63): [1.0, 1.02, 0.99]}, seed=1)
     state = finish_session(load)
     verdicts = {c.cell.users: c.verdict for c in state.comparisons[0].cells}
-    assert verdicts == {8: "ok", 32: "invalid"}  # twice as slow at 32 users: no reference, so no regression
+    assert verdicts == {8: "inconclusive", 32: "invalid"}  # twice as slow at 32 users: no reference
     assert state.gate_failed and not state.comparisons[0].failed
     lines: list[str] = []
     terminal_summary(load, state, lines.append)
@@ -65,3 +65,28 @@ def test_inconclusive_does_not_fail_unless_strict(tmp_path: Path) -> None:
         terminal_summary(load, state, lines.append)
         assert state.gate_failed is strict
         assert any("1 gate verdict(s) inconclusive: not failing the session" in line for line in lines) is not strict
+
+
+def test_the_same_file_is_compared_with_then_grows_by_this_session(tmp_path: Path) -> None:
+    """`--llm-baseline=b --llm-save-baseline=b`: compare with the sessions so far, then add this one;
+    not when the gate failed (a regressed session is no reference)."""
+    from pytest_llmload.gate.baseline import session_count
+    from pytest_llmload.report.json_report import load_baseline
+
+    path = tmp_path / "base.json"
+    for i, level in enumerate([0.60, 0.61, 0.59]):
+        load = LoadSession(Settings(report_dir=str(tmp_path / "report"), baseline=str(path) if i else None,
+                                    save_baseline=str(path), compare_fail=("e2e_p50:10%",) if i else ()),
+                           rootdir=tmp_path)
+        load.run = repeated_run({(8, 63): [level, level * 1.01, level * 0.99]}, seed=i)
+        state = finish_session(load)
+        assert not state.gate_failed, state.gate_problems
+        assert session_count(load_baseline(path)) == i + 1
+    assert state.comparisons[0].cells[0].verdict in ("ok", "inconclusive")  # an unchanged third session
+    load = LoadSession(Settings(report_dir=str(tmp_path / "report"), baseline=str(path), save_baseline=str(path),
+                                compare_fail=("e2e_p50:10%",)), rootdir=tmp_path)
+    load.run = repeated_run({(8, 63): [1.8, 1.82, 1.79]}, seed=7)  # three times slower
+    state = finish_session(load)
+    assert state.gate_failed and state.comparisons[0].cells[0].verdict == "regression"
+    assert session_count(load_baseline(path)) == 3
+    assert any("was not updated: the gate failed" in w for w in state.warnings)
