@@ -349,7 +349,7 @@ def _baseline(*sessions: list[float]) -> RunResult:
 
 
 def test_a_baseline_of_one_session_gives_no_verdict_however_large_the_change() -> None:
-    """The run-4 lesson (benchmarks/results/gate-real-vllm.md): a later session of the unchanged server
+    """The run-4 lesson (benchmarks/results/gate-real-vllm-run4.md): a later session of the unchanged server
     ran +31 % [+17.5 %, +45.8 %] slower with every cell valid. Repeats within a session cannot see what
     differs between sessions, so one baseline session cannot be a reference for a verdict."""
     base = _baseline([0.86, 0.816, 0.748])
