@@ -79,7 +79,7 @@ def finish_session(load: LoadSession, config: Any = None) -> FinishState:
     state.problems += load.report_errors
     if (reference := s.reference) is not None:
         _guard(state, "reading the reference", lambda: _reference(load, state, reference))
-    if config is not None:
+    if config is not None:  # only where the user asked pytest-benchmark to store or compare (bench_export)
         _guard(state, "storing cells for pytest-benchmark", lambda: _bench_export(load, config))
     return state
 

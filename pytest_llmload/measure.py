@@ -3,6 +3,9 @@
     LoadFixture   what `llm_load` is: llm_load(users, prompt_tokens) -> CellResult; .max_users(...);
                   .open_loop(...); .cached(...); .check(slo, cell)
     Matrix        what `llm_matrix` is: the configured matrix, measured once; .cell(users=, prompt_tokens=)
+    check_objective   one objective against a session: the cells it selects, or, for a capacity objective
+                      (`min_users`), a capacity probe at every prompt size it names. The plugin uses it for
+                      `llm_slo` markers and for the objectives of --llm-slo-file / the `llm_slo` ini option.
 
 Every cell a test measures is handed to `sink`, so the plugin can check the test's `llm_slo` markers
 against exactly those cells.
@@ -13,7 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .gate.capacity import CapacityResult, find_max_users
+from .errors import SLOViolation
+from .gate.capacity import CapacityResult, Inconclusive, find_max_users
 from .objectives import SLO
 from .results import CellResult, RunResult
 from .session import LoadSession
@@ -76,3 +80,63 @@ class Matrix:
     def cells(self) -> list[CellResult]:
         s = self._session.settings
         return [self.cell(u, p) for p in s.prompt_tokens for u in s.users]
+
+
+def objective_prompt_sizes(session: LoadSession, slo: SLO) -> list[int]:
+    """The prompt sizes an objective names; unset: every prompt size of the configured matrix."""
+    return sorted(slo.prompt_tokens or session.settings.prompt_tokens)
+
+
+def objective_cells(session: LoadSession, slo: SLO) -> list[CellResult]:
+    """The cells an objective selects (unset selectors: the configured matrix's users and prompt sizes),
+    taken from the run when already measured, else measured now."""
+    users = sorted(slo.users or session.settings.users)
+    return [session.cached_cell(u, p, slo.max_tokens) for p in objective_prompt_sizes(session, slo) for u in users]
+
+
+def check_cells(slo: SLO, cells: list[CellResult]) -> None:
+    """Check every cell (so every observed value is reported); one SLOViolation listing all misses."""
+    if not cells:
+        raise SLOViolation(f"{slo.title}: no cell matches its selectors")
+    messages = []
+    for cell in cells:
+        try:
+            slo.check(cell)
+        except SLOViolation as exc:
+            messages.append(str(exc))
+    if messages:
+        raise SLOViolation("\n".join(messages))
+
+
+def check_capacity(session: LoadSession, slo: SLO) -> list[CapacityResult]:
+    """A capacity objective: at every prompt size it names, `min_users` simultaneous users meet the rest.
+
+    One probe at `min_users` decides a pass (repeated when too close to call); only a miss searches
+    below it, so the failure says how many users the server does hold. SLOViolation naming every
+    prompt size that missed; Inconclusive when none missed but one was too close to call.
+    """
+    assert slo.min_users is not None
+    load = LoadFixture(session)
+    results = [load.max_users(slo, prompt_tokens=p, max_tokens=slo.max_tokens, start=slo.min_users,
+                              limit=slo.min_users) for p in objective_prompt_sizes(session, slo)]
+    missed, unsure = [], []
+    for result in results:
+        try:
+            result.assert_at_least(slo.min_users)
+        except SLOViolation as exc:
+            missed.append(f"at prompt_tokens={result.prompt_tokens}: {exc}")
+        except Inconclusive as exc:
+            unsure.append(f"at prompt_tokens={result.prompt_tokens}: {exc}")
+    if missed:
+        raise SLOViolation("\n".join(missed + unsure))
+    if unsure:
+        raise Inconclusive("\n".join(unsure))
+    return results
+
+
+def check_objective(session: LoadSession, slo: SLO) -> None:
+    """Check one objective against the session: its cells, or its capacity at every prompt size it names."""
+    if slo.min_users:
+        check_capacity(session, slo)
+    else:
+        check_cells(slo, objective_cells(session, slo))

@@ -109,8 +109,16 @@ class Objective:
 
     @property
     def property_name(self) -> str:
-        """The JUnit property name: llm_<key>."""
-        return f"llm_{self.key}"
+        """The JUnit property name, which says the unit of `property_value`: llm_<key> (the key names its
+        unit: `_s`, `_ms`, `_per_s`), and `llm_error_rate_max_fraction` for the error rate."""
+        return "llm_error_rate_max_fraction" if self.metric == "error_rate" else f"llm_{self.key}"
+
+    def property_value(self, base_value: float | None) -> str:
+        """An observed value as the JUnit property carries it: in the unit of `property_name` (ms for a
+        `_ms` key), "n/a" when it could not be computed."""
+        if base_value is None:
+            return "n/a"
+        return f"{base_value * self.scale:.6g}"
 
     def observed(self, cell: Judged) -> float | None:
         """The cell's value of this objective's statistic in base units, None if it cannot be computed."""
@@ -262,6 +270,22 @@ class SLO:
             parts.append(self.error_rate.describe())
         label = f"{self.name}: " if self.name else ""
         return label + ", ".join(parts)
+
+    @property
+    def title(self) -> str:
+        """How the objective is named as a test item: its `name`, else what it asks and of which cells,
+        e.g. `e2e p95 <= 20 s at users=32 prompt_tokens=31,63` or `at least 64 users with e2e p95 <= 20 s`."""
+        if self.name:
+            return self.name
+        what = SLO(self.objectives, error_rate=self.error_rate).describe()
+        if self.min_users:
+            what = f"at least {self.min_users} users with {what}"
+        where = [f"{key}={','.join(str(v) for v in sorted(values))}"
+                 for key, values in (("users", None if self.min_users else self.users),
+                                     ("prompt_tokens", self.prompt_tokens)) if values]
+        if self.max_tokens is not None:
+            where.append(f"max_tokens={self.max_tokens}")
+        return f"{what} at {' '.join(where)}" if where else what
 
 
 def _miss_line(cell: Judged, objective: Objective, observed: float | None) -> str:

@@ -128,6 +128,29 @@ def parse_gpus(value: str) -> str:
     return ",".join(items)
 
 
+MAX_LOAD_WORKERS = 256  # a bound, so that a typo cannot start thousands of processes
+
+
+def parse_load_workers(value: str | int) -> int | str:
+    """`auto` or a number of load workers (1 .. 256)."""
+    if str(value).strip().lower() == "auto":
+        return "auto"
+    n = parse_positive_int(value)
+    if n > MAX_LOAD_WORKERS:
+        raise _fail(f"{value!r}: at most {MAX_LOAD_WORKERS} load workers")
+    return n
+
+
+def parse_load_cluster(value: str) -> str:
+    """`local` (worker processes of this host) or `ray` (actors of a Ray cluster; Ray must be installed)."""
+    import importlib.util  # noqa: PLC0415
+
+    cluster = parse_choice("local", "ray")(value)
+    if cluster == "ray" and importlib.util.find_spec("ray") is None:
+        raise _fail("ray: Ray is not installed; pip install 'pytest-llmload[ray]'")
+    return cluster
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every resolved `--llm-*` option; its field defaults are the options' defaults (their one home)."""
@@ -165,6 +188,9 @@ class Settings:
     compare_fail: tuple[str, ...] = ()
     compare_force: bool = False
     reference: str | None = None
+    load_workers: int | str = "auto"
+    load_cluster: str = "local"
+    ray_address: str | None = None
     repeats: int | None = None  # None: REPEATS_WHEN_COMPARING when comparing or saving, else 1
     compare_strict: bool = False
     candidate_model: str | None = None
@@ -329,6 +355,16 @@ OPTIONS: tuple[Option, ...] = (
     Option("compare-force", "Compare with a baseline of another model or layout anyway.", kind="flag"),
     Option("reference", "Print the run beside a reference matrix: a baseline/llmload.json path or a study "
            "table (I..VII).", str, "PATH|TABLE"),
+    # --- scaling the load out (issue 14): load workers on many cores, or on many hosts through Ray
+    Option("load-workers", "Load workers a cell's users (or open-loop arrivals) are dealt over, each an event loop "
+           "on its own core: a number, or auto (locally: one per core the client may use after its isolation "
+           "from the server, at most 8, so 1 with a single client core; with --llm-load-cluster ray: one actor "
+           "per node).", parse_load_workers, "N|auto"),
+    Option("load-cluster", "Where load workers run: local (processes of this host) or ray (actors of a Ray "
+           "cluster; pip install 'pytest-llmload[ray]').", parse_load_cluster, "local|ray"),
+    Option("ray-address", "The Ray cluster for --llm-load-cluster ray, as for ray.init(address=...), e.g. "
+           "ray://head:10001 or auto (else $RAY_ADDRESS; with neither, a local Ray is started).", str, "ADDRESS",
+           env="RAY_ADDRESS"),
     # --- repeats and A/B comparisons (verdicts from the spread between repeats)
     Option("repeats", "Measure every cell N times, spread over the session (the matrix in N passes; cells "
            "measured once by tests get their other repeats after the last test). Verdicts come from the "

@@ -1,5 +1,9 @@
 """The pytest11 entry point: options, ini, markers, fixtures and report hooks. Thin: it delegates to
-`session.LoadSession` (server, runner, reports) and `slo` (objectives).
+`session.LoadSession` (server, runner, reports), `measure` (checking objectives) and `finish`.
+
+Installed, the plugin is loaded into every pytest run of the environment, so it costs nothing where it
+is not used: the LoadSession is created by the first fixture, marker or objective that needs it, and
+the end of the session writes and prints nothing when no cell was measured.
 
 Fixtures, from the bottom up (each can be overridden in a user's conftest.py):
     llm_settings   session   the resolved --llm-* options (options.Settings)
@@ -9,12 +13,16 @@ Fixtures, from the bottom up (each can be overridden in a user's conftest.py):
     llm_matrix     session   the configured users x prompt-size matrix, measured once
     llm_cell       function  one cell of that matrix; a test that asks for it is parametrized over the matrix
     llm_slos       session   the objectives from --llm-slo-file and the ini option llm_slo
+
+Objectives from --llm-slo-file and the ini option `llm_slo` are test items of their own (ObjectiveItem,
+one per objective, under a collector named after the file that declares them).
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Generator, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import pytest
@@ -22,7 +30,7 @@ import pytest
 from . import objectives as slo_mod
 from .errors import ConfigError, InvalidMeasurement, InvalidMeasurementWarning, LLMLoadError, SLOViolation
 from .gate.capacity import Inconclusive
-from .measure import LoadFixture, Matrix
+from .measure import LoadFixture, Matrix, check_cells, check_objective
 from .options import OPTIONS, Settings
 from .results import CellResult
 from .session import LoadSession, check_settings
@@ -33,12 +41,22 @@ if TYPE_CHECKING:
 
 SESSION_KEY = pytest.StashKey[LoadSession]()
 SETTINGS_KEY = pytest.StashKey[Settings]()
-CELLS_KEY = pytest.StashKey[list[CellResult]]()
+SLOS_KEY = pytest.StashKey[dict[Path, list[slo_mod.SLO]]]()  # configured objectives by declaring file
+CELLS_KEY = pytest.StashKey[list[CellResult]]()  # the cells a test measured or read, for its llm_slo marker
 JUDGED_KEY = pytest.StashKey[set[int]]()  # id() of the cells an objective was checked against in the test
-FINISH_KEY = pytest.StashKey["FinishState"]()  # the cells a test measured or read, for its llm_slo marker
+FINISH_KEY = pytest.StashKey["FinishState"]()
+
+# A test that uses one of these (directly or through another fixture) is a load test.
+LOAD_FIXTURES = frozenset({"llm_session", "llm_slos"})
 
 MARKER_HELP = ("llm_slo(**objectives): objectives checked against the cells the test measured, e.g. "
                "llm_slo(users=32, e2e_p95_s=20); keys: " + slo_mod.KEY_HELP)
+
+XDIST_MESSAGE = (
+    "pytest-llmload runs load tests in one process, and pytest-xdist ({how}) would spread them over "
+    "workers: each worker would start its own vLLM, cells that two workers measure at once on one server "
+    "would disturb each other's numbers, and each worker would write its own reports and run its own "
+    "regression gates. Run the load tests without xdist: add -n 0 (or -p no:xdist).")
 
 
 # --- options -----------------------------------------------------------------------------------------
@@ -76,19 +94,78 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    """Resolve and check the options and the configured objectives (bad ones fail now, naming the
+    source); nothing is started here."""
     config.addinivalue_line("markers", MARKER_HELP)
     try:
         settings = Settings.from_values(lambda dest: config.getoption(dest, None),
                                         lambda name: config.getini(name))
         check_settings(settings)
+        config.stash[SLOS_KEY] = _configured_slos(config, settings)
     except ConfigError as exc:
         raise pytest.UsageError(str(exc)) from None
     config.stash[SETTINGS_KEY] = settings
-    config.stash[SESSION_KEY] = LoadSession(settings, rootdir=config.rootpath)
+    _refuse_xdist(config)
 
 
-def pytest_sessionstart(session: pytest.Session) -> None:
-    _load_session(session.config).progress_stream = _terminal_for_progress(session.config)
+def _configured_slos(config: pytest.Config, settings: Settings) -> dict[Path, list[slo_mod.SLO]]:
+    """The objectives of the `llm_slo` ini lines (under the ini file) and of --llm-slo-file (under it)."""
+    sources: dict[Path, list[slo_mod.SLO]] = {}
+    lines = config.getini("llm_slo")
+    if lines:
+        inipath = config.inipath or config.rootpath / "llm_slo"
+        sources[inipath] = [slo_mod.parse_slo_line(line, f"ini llm_slo line {i + 1}") for i, line in enumerate(lines)]
+    if settings.slo_file:
+        path = _slo_file_path(config, settings.slo_file)
+        sources.setdefault(path, []).extend(slo_mod.load_slo_file(_shown(path, config.invocation_params.dir)))
+    return sources
+
+
+def _slo_file_path(config: pytest.Config, value: str) -> Path:
+    """A relative --llm-slo-file is relative to where pytest was invoked; in the ini file, to that file."""
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        return path
+    from_ini = config.getoption("llm_slo_file", None) is None and config.inipath is not None
+    base = config.inipath.parent if from_ini and config.inipath else config.invocation_params.dir
+    return (base / path).resolve()
+
+
+def _shown(path: Path, base: Path) -> str:
+    """`path` relative to `base` when it lies below it (shorter messages), else absolute."""
+    return str(path.relative_to(base)) if path.is_relative_to(base) else str(path)
+
+
+def _xdist_workers(config: pytest.Config) -> str | None:
+    """How pytest-xdist distributes this run (e.g. "-n 2"), None when it does not."""
+    if hasattr(config, "workerinput"):
+        return f"worker {config.workerinput.get('workerid', '?')}"
+    if getattr(config.option, "dist", "no") in (None, "no") or config.option.collectonly:
+        return None
+    n = getattr(config.option, "numprocesses", None)
+    return f"-n {n}" if n else f"--dist {config.option.dist}"
+
+
+def _refuse_xdist(config: pytest.Config) -> None:
+    """With -n and an --llm-* option on the command line, the run is meant to load-test: refuse it now.
+    Without one, only the load tests themselves fail (in the workers), with the same message."""
+    how = _xdist_workers(config)
+    if how is None or hasattr(config, "workerinput"):
+        return
+    given = [o.flag for o in OPTIONS if config.getoption(o.dest, None) not in (None, [], ())]
+    if given:
+        raise pytest.UsageError(f"{given[0]}: " + XDIST_MESSAGE.format(how=how))
+
+
+def _load_session(config: pytest.Config) -> LoadSession:
+    """The session's LoadSession, created on first use (a run that loads nothing never makes one)."""
+    session = config.stash.get(SESSION_KEY, None)
+    if session is None:
+        if hasattr(config, "workerinput"):
+            pytest.fail(XDIST_MESSAGE.format(how=_xdist_workers(config)), pytrace=False)
+        session = config.stash[SESSION_KEY] = LoadSession(config.stash[SETTINGS_KEY], rootdir=config.rootpath)
+        session.progress_stream = _terminal_for_progress(config)
+    return session
 
 
 def _terminal_for_progress(config: pytest.Config) -> Any:
@@ -105,12 +182,22 @@ def _terminal_for_progress(config: pytest.Config) -> Any:
     return stream
 
 
-def _load_session(config: pytest.Config) -> LoadSession:
-    return config.stash[SESSION_KEY]
+# --- collection: markers, parametrization, configured objectives ----------------------------------------
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    """The --llm-slo-file itself, where pytest collects it (its node ids then select single objectives)."""
+    sources = parent.config.stash.get(SLOS_KEY, None)
+    if sources and file_path in sources and file_path != parent.config.inipath:
+        return ObjectivesFile.from_parent(parent, path=file_path)
+    return None
 
 
-# --- collection: markers and parametrization -----------------------------------------------------------
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+@pytest.hookimpl(tryfirst=True)  # before -k / -m / --deselect, which then apply to objectives too
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    _check_markers(items)
+    _add_objective_items(session, config, items)
+
+
+def _check_markers(items: list[pytest.Item]) -> None:
     """Reject unknown llm_slo keys at collection, not after an expensive run."""
     for item in items:
         for mark in item.iter_markers("llm_slo"):
@@ -122,12 +209,67 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 raise pytest.UsageError(str(exc)) from None
 
 
+def _is_load_test(item: pytest.Item) -> bool:
+    return (isinstance(item, ObjectiveItem) or not LOAD_FIXTURES.isdisjoint(getattr(item, "fixturenames", ()))
+            or item.get_closest_marker("llm_slo") is not None)
+
+
+def _add_objective_items(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Configured objectives join the run when it load-tests, when --llm-slo-file is on the command line,
+    or when there is nothing else to run (`pytest --llm-slo-file deploy.toml` gates a deployment)."""
+    sources = config.stash.get(SLOS_KEY, {})
+    if not sources:
+        return
+    if not (config.getoption("llm_slo_file", None) or not items or any(_is_load_test(i) for i in items)):
+        return
+    collected = {i.parent.path for i in items if isinstance(i, ObjectiveItem) and i.parent is not None}
+    for path in sources:
+        if path not in collected:
+            items.extend(session.genitems(ObjectivesFile.from_parent(session, path=path)))
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """A test that asks for `llm_cell` becomes one item per cell of the configured matrix."""
     if "llm_cell" in metafunc.fixturenames:
         s = metafunc.config.stash[SETTINGS_KEY]
         cells = [(u, p) for p in s.prompt_tokens for u in s.users]
         metafunc.parametrize("llm_cell", cells, indirect=True, ids=[f"u{u}-p{p}" for u, p in cells])
+
+
+class ObjectivesFile(pytest.File):
+    """The objectives one file declares (the --llm-slo-file, or the ini file for `llm_slo` lines)."""
+
+    def collect(self) -> Iterator[ObjectiveItem]:
+        seen: dict[str, int] = {}
+        for slo in self.config.stash[SLOS_KEY].get(self.path, []):
+            seen[slo.title] = seen.get(slo.title, 0) + 1
+            name = slo.title if seen[slo.title] == 1 else f"{slo.title} ({seen[slo.title]})"
+            yield ObjectiveItem.from_parent(self, name=name, slo=slo)
+
+
+class ObjectiveItem(pytest.Item):
+    """One configured objective as a test: its cells meet it, or, with `min_users`, the server holds that
+    many users at every prompt size it names."""
+
+    def __init__(self, *, slo: slo_mod.SLO, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.slo = slo
+
+    def runtest(self) -> None:
+        allow_invalid = self.config.stash[SETTINGS_KEY].allow_invalid
+        with slo_mod.observing(_property_recorder(self), allow_invalid=allow_invalid):
+            check_objective(_load_session(self.config), self.slo)
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException],
+                     style: Any = None) -> str | Any:
+        if isinstance(excinfo.value, SLOViolation):
+            return f"objective {self.name!r} ({self.slo.source}) missed:\n{excinfo.value}"
+        if isinstance(excinfo.value, LLMLoadError):
+            return f"objective {self.name!r} ({self.slo.source}) could not be checked:\n{excinfo.value}"
+        return super().repr_failure(excinfo, style=style)
+
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        return self.path, None, f"objective: {self.name}"
 
 
 # --- fixtures ----------------------------------------------------------------------------------------------
@@ -181,70 +323,47 @@ def llm_cell(request: pytest.FixtureRequest, llm_server: ServerHandle, llm_sessi
 
 
 @pytest.fixture(scope="session")
-def llm_slos(pytestconfig: pytest.Config, llm_settings: Settings) -> list[slo_mod.SLO]:
-    """Objectives from --llm-slo-file and the `llm_slo` ini lines (one SLO each)."""
-    try:
-        slos = [slo_mod.parse_slo_line(line, f"ini llm_slo line {i + 1}")
-                for i, line in enumerate(pytestconfig.getini("llm_slo"))]
-        if llm_settings.slo_file:
-            slos += slo_mod.load_slo_file(llm_settings.slo_file)
-    except ConfigError as exc:
-        raise pytest.UsageError(str(exc)) from None
-    return slos
+def llm_slos(pytestconfig: pytest.Config) -> list[slo_mod.SLO]:
+    """Objectives from --llm-slo-file and the `llm_slo` ini lines (one SLO each); the plugin checks them
+    itself, as test items named after them."""
+    return [slo for slos in pytestconfig.stash[SLOS_KEY].values() for slo in slos]
 
 
 # --- checking objectives, reporting failures -------------------------------------------------------------
 def check_marker_slos(item: pytest.Item) -> None:
-    """Check the item's llm_slo markers against the cells it measured (or the matrix cells they select)."""
+    """Check the item's llm_slo markers against the cells it measured, else against the cells they select
+    (measured for it), or, with `min_users`, as a capacity objective."""
     cells = item.stash.get(CELLS_KEY, [])
     for mark in item.iter_markers("llm_slo"):
         objective = slo_mod.SLO.from_kwargs(mark.kwargs, where=f"{item.nodeid}: @pytest.mark.llm_slo")
-        targets = [c for c in cells if objective.applies_to(c)] or _selected_cells(item, objective)
-        if not targets:
-            raise SLOViolation(f"llm_slo({objective.describe()}): no measured cell matches its selectors")
-        record_and_check(item, objective, targets)
-
-
-def _selected_cells(item: pytest.Item, objective: slo_mod.SLO) -> list[CellResult]:
-    """Cells a declarative marker selects when the test measured none: from the session's matrix."""
-    session = _load_session(item.config)
-    session.start_server()
-    s = session.settings
-    users = sorted(objective.users or s.users)
-    prompts = sorted(objective.prompt_tokens or s.prompt_tokens)
-    return [session.cached_cell(u, p, objective.max_tokens) for p in prompts for u in users]
-
-
-def record_and_check(item: pytest.Item, objective: slo_mod.SLO, cells: list[CellResult]) -> None:
-    """Check every cell (observed values land in the JUnit properties); one SLOViolation for all misses."""
-    messages = []
-    for cell in cells:
-        try:
-            objective.check(cell)
-        except SLOViolation as exc:
-            messages.append(str(exc))
-    if messages:
-        raise SLOViolation("\n".join(messages))
+        measured = [c for c in cells if objective.applies_to(c)]
+        if measured and not objective.min_users:
+            check_cells(objective, measured)
+        else:
+            check_objective(_load_session(item.config), objective)
 
 
 def _property_recorder(item: pytest.Item) -> Callable[[slo_mod.SLO, slo_mod.Judged], None]:
-    """An objectives observer putting each observed value into the item's JUnit XML properties."""
+    """An objectives observer putting each observed value into the item's JUnit XML properties, in the
+    unit its name says (`llm_ttft_p99_ms[u32-p480]` in ms)."""
 
     def record(objective: slo_mod.SLO, cell: slo_mod.Judged) -> None:
         item.stash.setdefault(JUDGED_KEY, set()).add(id(cell))  # its validity was judged by the check
         for obj, observed, _met in objective.evaluate(cell):
-            value = "n/a" if observed is None else f"{observed:.6g}"
-            item.user_properties.append((f"{obj.property_name}[u{cell.users}-p{cell.prompt_tokens}]", value))
+            name = f"{obj.property_name}[u{cell.users}-p{cell.prompt_tokens}]"
+            item.user_properties.append((name, obj.property_value(observed)))
 
     return record
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    if not _is_load_test(item) or isinstance(item, ObjectiveItem):
+        return (yield)
     allow_invalid = item.config.stash[SETTINGS_KEY].allow_invalid
     with slo_mod.observing(_property_recorder(item), allow_invalid=allow_invalid):
         result = yield
-        if any(True for _ in item.iter_markers("llm_slo")):
+        if item.get_closest_marker("llm_slo") is not None:
             check_marker_slos(item)
     _warn_about_invalid_cells(item)
     return result
@@ -268,8 +387,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     elif call.excinfo is not None and call.excinfo.errisinstance(InvalidMeasurement):
         report.longrepr = str(call.excinfo.value)  # the reasons are the message; no traceback needed
         report.user_properties.append(("llm_invalid_measurement", "true"))
-    elif report.failed and "llm_server" in getattr(item, "fixturenames", ()):
-        tail = _load_session(item.config).server_log_tail()
+    elif report.failed and (load := item.config.stash.get(SESSION_KEY, None)) is not None and _is_load_test(item):
+        tail = load.server_log_tail()
         if tail:
             report.sections.append(("llmload: server log (last lines)", tail))
     return report
@@ -277,7 +396,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 def pytest_report_teststatus(report: pytest.TestReport) -> tuple[str, str, str] | None:
     """An invalid measurement is an error (the tool could not measure), not a failure of the server."""
-    if report.failed and ("llm_invalid_measurement", "true") in report.user_properties:
+    if report.failed and ("llm_invalid_measurement", "true") in getattr(report, "user_properties", ()):
         return "error", "E", "ERROR (invalid measurement)"
     return None
 
@@ -286,11 +405,11 @@ def pytest_report_teststatus(report: pytest.TestReport) -> tuple[str, str, str] 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> Generator[None, None, None]:
     """Before the other plugins finish: write reports and run the gates (also on failure or Ctrl-C), and
-    hand the cells to pytest-benchmark before it saves its own file."""
-    from .finish import finish_session
-
+    hand the cells to pytest-benchmark before it saves its own file. Nothing when nothing was loaded."""
     load = session.config.stash.get(SESSION_KEY, None)
     if load is not None:
+        from .finish import finish_session
+
         load.run.interrupted = exitstatus == pytest.ExitCode.INTERRUPTED
         state = session.config.stash[FINISH_KEY] = finish_session(load, session.config)
         if state.gate_failed and session.exitstatus == pytest.ExitCode.OK:
@@ -303,11 +422,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> Generator[
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    from .finish import terminal_summary
-
     load = config.stash.get(SESSION_KEY, None)
     state = config.stash.get(FINISH_KEY, None)
     if load is not None and state is not None:
+        from .finish import terminal_summary
+
         terminal_summary(load, state, terminalreporter.write_line)
 
 

@@ -240,8 +240,24 @@ class LoadSession:
             log_tail=self.server_log_tail if self.server_started else None,
             observers=self._observers(server), shared_prefix=s.shared_prefix,
             progress=None if self.progress_stream is None else True, progress_stream=self.progress_stream,
-            tokenizer_path=self._tokenizer_path(),
+            tokenizer_path=self._tokenizer_path(), **self._load_workers(),
         )
+
+    def _load_workers(self) -> dict[str, Any]:
+        """Where the load workers run (--llm-load-workers, --llm-load-cluster, --llm-ray-address): locally,
+        `auto` is one worker per core the client may use, each pinned to its own core when the client is."""
+        from .load.processes import auto_workers
+        from .server.placement import allowed_cpus
+
+        s = self.settings
+        given = None if s.load_workers == "auto" else int(s.load_workers)
+        if s.load_cluster == "ray":
+            return {"workers": given, "cluster": "ray", "ray_address": s.ray_address}
+        plan = self.placement
+        pinned = plan is not None and plan.policy in ("isolated", "given")
+        cpus = plan.client_cpus if plan is not None and pinned else allowed_cpus()
+        workers = given or auto_workers(len(cpus), pinned)
+        return {"workers": workers, "worker_cpus": cpus if pinned else ()}
 
     def _tokenizer_path(self) -> str | None:
         model = None if self.model_choice is None else self.model_choice.model

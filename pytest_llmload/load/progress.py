@@ -39,6 +39,12 @@ class Progress:
         self.failed += not ok
         self._draw()
 
+    def add_done(self, ok: int, failed: int) -> None:
+        """Several requests at once (what load workers report)."""
+        self.requests_done += ok + failed
+        self.failed += failed
+        self._draw()
+
     def end_cell(self) -> None:
         self.cells_done += 1
         self._draw(force=True)

@@ -5,6 +5,12 @@ requests in a row). To make "the same moment" true, every connection is opened f
 concurrency), then all requests are written in one tight loop; each record's start is taken just
 before its bytes are written, and `CellStats.start_spread_s` shows how long that loop took.
 
+The runner coordinates: it sizes the prompts, deals the cell over its load workers (`shard.py`), runs
+them through a backend (`worker.InProcess`: one worker on the runner's own loop, the default on a small
+machine; `processes.ProcessBackend`: K processes on K cores; `raycluster.RayBackend`: Ray actors on
+many hosts), watches the server meanwhile, and merges the workers' raw records into one cell. Every
+worker runs the same code (`worker.ShardRunner`) and the same self-check.
+
 The runner owns its event loop (uvloop when installed: see `benchmarks/README.md` for the numbers),
 so `run_cell` can be called from plain synchronous code such as a pytest test.
 """
@@ -13,29 +19,30 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 import random
 import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Protocol, TextIO, TypeVar, runtime_checkable
 
 import httpx
 
-from .client import Endpoint, StreamRequest, api_path, http_request, request_body
+from .client import Endpoint
 from ..control import async_client
 from ..metrics import cell_stats
 from .progress import Progress
-from .selfcheck import ClientCheck, LoopMonitor, judge
+from .selfcheck import judge_cell
 from ..results import CellResult, CellSpec, RequestRecord
+from .shard import MergedCell, client_section, merge_outcomes, plan_shards
+from .worker import Backend, InProcess, LoadWorkerError, Ran, new_event_loop
 from .workload import LocalTokenizer, Prompt, PromptFactory, ServerTokenizer, TokenCounter, matrix
 
+__all__ = ["CellObserver", "LoadRunner", "arrival_times", "make_backend", "new_event_loop"]
+
 T = TypeVar("T")
-CONNECT_CONCURRENCY = 256  # simultaneous connects while opening a cell's connections
 STATUS_POLL_S = 0.1  # how often server_status is asked during a cell
-OPEN_LOOP_LEAD_S = 0.05  # open loop: connect this long before a request's scheduled start
 MAX_REQUESTS_PER_CELL = 100_000  # a bound on any cell, so that a typo cannot run forever
 DEATH_NOTICE_S = 1.0  # after streams were cut, how long to wait for a dying server's exit status
 
@@ -56,19 +63,23 @@ class CellObserver(Protocol):
         """Release threads and connections (the session calls it at its end)."""
 
 
-def new_event_loop() -> asyncio.AbstractEventLoop:
-    """uvloop when installed (cheaper I/O callbacks on the one core the client has), else asyncio's.
+def make_backend(workers: int | None = 1, worker_cpus: Sequence[int] = (), cluster: str = "local",
+                 ray_address: str | None = None) -> Backend:
+    """Where a runner's load workers run: `cluster="local"`: one worker on the runner's own loop
+    (`workers` 1), else `workers` processes pinned round-robin to `worker_cpus` (none: unpinned);
+    `cluster="ray"`: Ray actors, one per node (`workers` None) or `workers` of them."""
+    if cluster == "ray":
+        from .raycluster import RayBackend, import_ray
 
-    `LLMLOAD_EVENT_LOOP=asyncio` forces the standard loop (the benchmark compares both).
-    """
-    if os.environ.get("LLMLOAD_EVENT_LOOP", "uvloop") != "asyncio":
-        try:
-            import uvloop
-        except ImportError:
-            pass
-        else:
-            return uvloop.new_event_loop()
-    return asyncio.new_event_loop()
+        import_ray()  # fail now, with the install hint, rather than at the first cell
+        return RayBackend(workers, ray_address)
+    if cluster != "local":
+        raise ValueError(f"cluster must be 'local' or 'ray', got {cluster!r}")
+    if workers is None or workers == 1:
+        return InProcess()
+    from .processes import ProcessBackend
+
+    return ProcessBackend(workers, worker_cpus)
 
 
 class LoadRunner:
@@ -78,7 +89,8 @@ class LoadRunner:
                  request_timeout_s: float = 600.0, server_status: Callable[[], int | None] | None = None,
                  log_tail: Callable[[], str] | None = None, observers: Sequence[CellObserver] = (),
                  progress: bool | None = None, progress_stream: TextIO | None = None, shared_prefix: bool = False,
-                 tokenizer_path: str | None = None) -> None:
+                 tokenizer_path: str | None = None, workers: int | None = 1, worker_cpus: Sequence[int] = (),
+                 cluster: str = "local", ray_address: str | None = None) -> None:
         if api not in ("completions", "chat"):
             raise ValueError(f"api must be 'completions' or 'chat', got {api!r}")
         self.base_url = base_url
@@ -96,7 +108,8 @@ class LoadRunner:
         self._http: httpx.AsyncClient | None = None
         self._factory: PromptFactory | None = None
         self._dead: str | None = None  # cause of death, once the server is known dead
-        self._active: set[StreamRequest] = set()
+        # Where the cell's load workers run (see make_backend); started at the first cell.
+        self.backend = make_backend(workers, worker_cpus, cluster, ray_address)
         # perf_counter() value of the last cell's start: record times + last_t0 give absolute
         # CLOCK_MONOTONIC times, to correlate with a server's own timestamps (the accuracy benchmark).
         self.last_t0: float | None = None
@@ -141,6 +154,7 @@ class LoadRunner:
             self._loop.run_until_complete(self._http.aclose())
             self._http = None
         self._abort_all("timeout", "runner closed")
+        self._loop.run_until_complete(self.backend.aclose())
         self._loop.close()
         self._loop = None
 
@@ -203,7 +217,9 @@ class LoadRunner:
         warnings = self._call_observers_before(spec)
         self.progress.start_cell(label, n)
         try:
-            launched = await self._launch(spec, prompts, arrivals)
+            launched = await self._launch(spec, prompts, arrivals, n)
+        except LoadWorkerError as e:  # a worker crashed or could not start: this cell fails, the run goes on
+            return self._failed(spec, self._death_cause() or str(e))
         finally:
             self._abort_all("timeout", "cell cancelled")
             self.progress.end_cell()
@@ -223,31 +239,28 @@ class LoadRunner:
             raise ValueError(f"{n} requests in one cell is more than the limit of {MAX_REQUESTS_PER_CELL}")
         return n, arrivals
 
-    async def _launch(self, spec: CellSpec, prompts: list[Prompt], arrivals: list[float] | None) -> _Launched:
-        """Run the requests while a watcher polls the server and the client watches itself."""
-        monitor = LoopMonitor()
-        monitor.start()
+    async def _launch(self, spec: CellSpec, prompts: list[Prompt], arrivals: list[float] | None,
+                      n: int) -> _Launched:
+        """Run the shards through the backend while a watcher polls the server; merge their records."""
+        jobs = plan_shards(spec, prompts, arrivals, self.backend.size(), endpoint=self.endpoint, api=self.api,
+                           model=self.model, request_timeout_s=self.request_timeout_s)
         watcher = asyncio.ensure_future(self._watch_server())
-        work: Awaitable[tuple[list[StreamRequest], float]]
-        if arrivals is None:
-            work = self._closed_loop(spec, prompts)
-        else:
-            work = self._open_loop(spec, prompts, arrivals)
-        work_task = asyncio.ensure_future(work)
+        work_task = asyncio.ensure_future(self.backend.run(jobs, self.progress.add_done))
         try:
             await asyncio.wait({work_task, watcher}, return_when=asyncio.FIRST_COMPLETED)
             if watcher.done() and not work_task.done():  # the server died: stop now, not at the timeouts
                 self._abort_all("server_died", self._dead or "server died")
-            requests, t0 = await work_task
+            ran = await work_task
         finally:
             watcher.cancel()
-            work_task.cancel()
-            monitor.cancel()  # a cell that was interrupted leaves no heartbeat behind on the loop
-        check = monitor.stop(_together_spread(requests, spec, t0, arrivals))
-        self.last_t0 = t0
-        if self._dead is None and any(r.lost_connection for r in requests):
+            if not work_task.done():  # cancelled (Ctrl-C): let the backend stop its workers before we go on
+                work_task.cancel()
+                await asyncio.gather(work_task, return_exceptions=True)
+        merged = merge_outcomes(ran.outcomes, spec, arrivals, n, ran.clock_offsets_ns)
+        self.last_t0 = ran.t0
+        if self._dead is None and merged.lost_connection:
             await self._await_death_notice()
-        return _Launched(requests, t0, _wall_clock_at(t0), self._dead, check)
+        return _Launched(merged, ran, self._dead)
 
     async def _await_death_notice(self) -> None:
         """Streams cut by a dying server end before its exit status is polled: look again, briefly,
@@ -265,100 +278,33 @@ class LoadRunner:
         while self._death_cause() is None:
             await asyncio.sleep(STATUS_POLL_S)
 
-    def _new_request(self, spec: CellSpec, prompt: Prompt, index: int) -> StreamRequest:
-        body = request_body(self.api, self.model, prompt.text, spec.max_tokens)
-        payload = http_request(self.endpoint, api_path(self.api), body)
-        req = StreamRequest(self.endpoint, payload, index=index, expected_prompt_tokens=prompt.tokens)
-        self._active.add(req)
-        return req
-
-    async def _closed_loop(self, spec: CellSpec, prompts: list[Prompt]) -> tuple[list[StreamRequest], float]:
-        users = spec.users
-        first = [self._new_request(spec, prompts[i], i) for i in range(users)]
-        await self._connect_all(first)
-        t0 = time.perf_counter()
-        for req in first:  # the tight loop: nothing else between the writes
-            req.send()
-        done: list[StreamRequest] = []
-
-        async def user(u: int) -> None:
-            req = first[u]
-            for r in range(spec.rounds):
-                if r:
-                    req = self._new_request(spec, prompts[r * users + u], r * users + u)
-                    await self._start_later(req)
-                await req.wait(self.request_timeout_s)
-                done.append(req)
-                self.progress.request_done(req.proto is not None and req.proto.error is None)
-
-        try:
-            await asyncio.gather(*(user(u) for u in range(users)))
-        finally:
-            done.extend(r for r in first if r not in done)
-        return sorted(done, key=lambda r: r.index), t0
-
-    async def _open_loop(self, spec: CellSpec, prompts: list[Prompt],
-                         arrivals: list[float]) -> tuple[list[StreamRequest], float]:
-        t0 = time.perf_counter() + OPEN_LOOP_LEAD_S
-        reqs = [self._new_request(spec, prompts[i], i) for i in range(len(arrivals))]
-
-        async def one(req: StreamRequest, at: float) -> None:
-            await _sleep_until(t0 + at - OPEN_LOOP_LEAD_S)
-            await self._start_later(req, t0 + at)
-            await req.wait(self.request_timeout_s)
-            self.progress.request_done(req.proto is not None and req.proto.error is None)
-
-        await asyncio.gather(*(one(r, a) for r, a in zip(reqs, arrivals)))
-        return reqs, t0
-
-    async def _start_later(self, req: StreamRequest, at: float | None = None) -> None:
-        """Connect and send one request (at `at`, if given); fail it at once if the server is dead."""
-        if self._dead is None:
-            await req.connect(min(30.0, self.request_timeout_s))
-            if at is not None:
-                await _sleep_until(at)
-        if self._dead is not None:
-            if req.proto is None:
-                req.fail_now("server_died", self._dead)
-            else:
-                req.abort("server_died", self._dead)
-        req.send()
-
-    async def _connect_all(self, reqs: Sequence[StreamRequest]) -> None:
-        sem = asyncio.Semaphore(CONNECT_CONCURRENCY)
-        timeout = min(30.0, self.request_timeout_s)
-
-        async def one(req: StreamRequest) -> None:
-            async with sem:
-                await req.connect(timeout)
-
-        await asyncio.gather(*(one(r) for r in reqs))
-
     def _abort_all(self, kind: str, detail: str) -> None:
-        for req in list(self._active):
-            req.abort(kind, detail)
-        if kind != "server_died":
-            self._active.clear()
+        self.backend.abort(kind, detail)
 
     # ---- results -------------------------------------------------------------------------------------
     def _result(self, spec: CellSpec, launched: _Launched, warnings: list[str]) -> CellResult:
-        records = tuple(r.record(launched.t0) for r in launched.requests)
-        self._active.clear()
-        stats = cell_stats(records)
+        merged, ran = launched.merged, launched.ran
+        records = merged.records
+        stats = cell_stats(records)  # over every worker's records at once: exact, never merged percentiles
         error = launched.died or _failure_cause(records)
         result = CellResult(users=spec.users, prompt_tokens=spec.prompt_tokens, max_tokens=spec.max_tokens,
                             ok=error is None, error=error, stats=stats, records=records, mode=spec.mode,
-                            rate=spec.rate, t0_monotonic_ns=round(launched.t0 * 1e9), t0_unix_ns=launched.t0_unix_ns)
+                            rate=spec.rate, t0_monotonic_ns=round(ran.t0 * 1e9), t0_unix_ns=ran.t0_unix_ns)
         # Observers see the measured cell; their sections and the verdict on its validity complete it in
         # a new (frozen) CellResult.
         extra, observer_warnings = self._call_observers_after(result)
-        extra["client"] = launched.check.to_dict()
+        extra["client"] = client_section(merged, self.backend.describe(), ran.clock_uncertainty_s)
         warnings = warnings + observer_warnings
         if warnings:
             extra["warnings"] = warnings
-        reasons = () if not result.ok else judge(
-            launched.check, stats.e2e.p50 if stats.e2e else None, _observer_invalid(extra),
-            stats.prompt_tokens_mismatches, spec.prompt_tokens)
+        # Workers on their own clocks (Ray) have their barrier skew judged; on one host the start spread
+        # already compares every worker's writes on the one CLOCK_MONOTONIC.
+        own_clocks = ran.clock_offsets_ns is not None
+        reasons = () if not result.ok else judge_cell(
+            [o.check for o in merged.outcomes], merged.start_spread_s, stats.e2e.p50 if stats.e2e else None,
+            _observer_invalid(extra), stats.prompt_tokens_mismatches, spec.prompt_tokens,
+            barrier_skew_s=merged.barrier_skew_s if own_clocks else None,
+            clock_uncertainty_s=ran.clock_uncertainty_s)
         return dataclasses.replace(result, extra=extra, valid=not reasons, invalid_reasons=reasons)
 
     def _failed(self, spec: CellSpec, error: str, records: tuple[RequestRecord, ...] = ()) -> CellResult:
@@ -453,31 +399,11 @@ def arrival_times(rate: float, duration_s: float, poisson: bool = True, seed: in
 
 @dataclasses.dataclass(frozen=True)
 class _Launched:
-    """A cell's requests once they ended, its time zero on both clocks, and what the client saw of itself."""
+    """A cell's merged records, how the backend ran it (time zero on both clocks), and a server death."""
 
-    requests: list[StreamRequest]
-    t0: float  # time.perf_counter() at the cell's start: CLOCK_MONOTONIC on Linux
-    t0_unix_ns: int
+    merged: MergedCell
+    ran: Ran
     died: str | None
-    check: ClientCheck
-
-
-def _wall_clock_at(t0: float) -> int:
-    """The wall clock (ns since the epoch) at perf_counter() instant `t0`: read both clocks back to back
-    now and carry the offset, so the pair describes one instant to within microseconds."""
-    mono, wall = time.perf_counter_ns(), time.time_ns()
-    return wall - (mono - round(t0 * 1e9))
-
-
-def _together_spread(requests: Sequence[StreamRequest], spec: CellSpec, t0: float,
-                     arrivals: Sequence[float] | None) -> float:
-    """How far the requests meant to go out together were apart: the first round's start spread in a
-    closed loop; in an open loop, the latest start against its schedule."""
-    starts = [(r.index, r.proto.start) for r in requests if r.proto is not None and r.proto.start is not None]
-    if arrivals is not None:
-        return max((s - (t0 + arrivals[i]) for i, s in starts), default=0.0)
-    first = [s for i, s in starts if i < spec.users]
-    return max(first) - min(first) if first else 0.0
 
 
 def _observer_invalid(extra: dict[str, Any]) -> list[str]:
@@ -499,8 +425,3 @@ def _failure_cause(records: Sequence[RequestRecord]) -> str | None:
     return (f"all {len(records)} requests failed: {kind} x{count}" + (f" ({others})" if others else "")
             + (f": {detail}" if detail else ""))
 
-
-async def _sleep_until(deadline: float) -> None:
-    delay = deadline - time.perf_counter()
-    if delay > 0:
-        await asyncio.sleep(delay)

@@ -11,6 +11,10 @@ then describe the client. So during each cell the runner watches its own event l
 - the start spread of the requests meant to start together (the first round of a closed-loop cell) or,
   in an open loop, how late requests went out against their schedule.
 
+With several load workers (`shard.py`) every worker watches its own loop; `judge_cell` holds each
+worker to the same rules (a cell is invalid if any worker's loop is) and the start spread across all
+of them, plus, for workers on other hosts' clocks (Ray), the barrier skew and the clock uncertainty.
+
 `judge` turns these, and what the observers found (their sections' "invalid" lists: the client-vs-server
 cross-checks), into the cell's `invalid_reasons`. An invalid cell keeps its numbers for diagnosis,
 but is never reported or used as a measurement.
@@ -130,12 +134,61 @@ def spread_limit_s(e2e_p50_s: float | None) -> float:
 
 def judge(check: ClientCheck, e2e_p50_s: float | None, observer_reasons: Sequence[str] = (),
           prompt_mismatches: int = 0, prompt_tokens: int = 0) -> tuple[str, ...]:
-    """Why the cell cannot be vouched for; empty when it can."""
+    """Why the cell cannot be vouched for; empty when it can (one measuring loop)."""
+    return judge_cell([check], check.start_spread_s, e2e_p50_s, observer_reasons, prompt_mismatches, prompt_tokens)
+
+
+def judge_cell(checks: Sequence[ClientCheck], start_spread_s: float, e2e_p50_s: float | None,
+               observer_reasons: Sequence[str] = (), prompt_mismatches: int = 0, prompt_tokens: int = 0, *,
+               barrier_skew_s: float | None = None, clock_uncertainty_s: float | None = None) -> tuple[str, ...]:
+    """Why a cell measured by one or more load workers cannot be vouched for; empty when it can.
+
+    `checks` are the workers' own self-checks (each must pass: a cell is invalid if any worker's is);
+    `start_spread_s` is the spread of the requests meant to start together, across all workers.
+    `barrier_skew_s` / `clock_uncertainty_s` (workers on their own clocks, i.e. Ray actors): how far
+    apart the workers' starts lay on one clock, and how well their clock offsets are known.
+    """
     limit = spread_limit_s(e2e_p50_s)
     reasons = []
-    if check.start_spread_s > limit:
-        reasons.append(f"requests did not start together: start spread {check.start_spread_s * 1e3:.0f} ms "
+    if start_spread_s > limit:
+        reasons.append(f"requests did not start together: start spread {start_spread_s * 1e3:.0f} ms "
                        f"> {limit * 1e3:.0f} ms")
+    if barrier_skew_s is not None and barrier_skew_s > limit:
+        reasons.append(f"the load workers did not start together: their first writes lay {barrier_skew_s * 1e3:.0f} "
+                       f"ms apart on one clock (> {limit * 1e3:.0f} ms)")
+    if clock_uncertainty_s is not None and clock_uncertainty_s > limit:
+        reasons.append(f"the load workers' clocks are known only to within {clock_uncertainty_s * 1e3:.0f} ms "
+                       f"(> {limit * 1e3:.0f} ms), so their common start cannot be vouched for")
+    for k, check in enumerate(checks):
+        prefix = f"load worker {k}: " if len(checks) > 1 else ""
+        reasons.extend(prefix + reason for reason in _loop_reasons(check, limit))
+    reasons.extend(_shared_core_reasons(checks))
+    if prompt_mismatches:
+        reasons.append(f"{prompt_mismatches} request(s) did not carry a prompt of {prompt_tokens} tokens "
+                       "(usage.prompt_tokens differs)")
+    return (*reasons, *observer_reasons)
+
+
+def _shared_core_reasons(checks: Sequence[ClientCheck]) -> list[str]:
+    """Workers that may run only on the same CPUs (more workers than client cores) saturate them together,
+    even when each loop alone looks idle enough."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for k, check in enumerate(checks):
+        if check.cpus and check.wall_s >= MIN_BUSY_WALL_S:
+            groups.setdefault(check.cpus, []).append(k)
+    reasons = []
+    for cpus, members in groups.items():
+        busy = sum(checks[k].busy for k in members)
+        if len(members) > 1 and busy > BUSY_LIMIT * len(cpus):
+            reasons.append(f"load workers {', '.join(map(str, members))} share CPU(s) {','.join(map(str, cpus))} and "
+                           f"kept them {busy / len(cpus):.0%} busy (> {BUSY_LIMIT:.0%}): the client was saturated; "
+                           "give the client more cores or use fewer workers")
+    return reasons
+
+
+def _loop_reasons(check: ClientCheck, limit: float) -> list[str]:
+    """What one measuring loop saw of itself that makes its timestamps doubtful."""
+    reasons = []
     if check.max_loop_lag_s > limit:
         wait = "" if not check.runqueue_wait_s else (
             f"; it waited {check.runqueue_wait_s * 1e3:.0f} ms for a CPU (another process had its core)")
@@ -144,7 +197,4 @@ def judge(check: ClientCheck, e2e_p50_s: float | None, observer_reasons: Sequenc
     if check.wall_s >= MIN_BUSY_WALL_S and check.busy > BUSY_LIMIT:
         reasons.append(f"the client was saturated: its event loop was busy {check.busy:.0%} of the cell "
                        f"(> {BUSY_LIMIT:.0%}); use more load workers or fewer users per core")
-    if prompt_mismatches:
-        reasons.append(f"{prompt_mismatches} request(s) did not carry a prompt of {prompt_tokens} tokens "
-                       "(usage.prompt_tokens differs)")
-    return (*reasons, *observer_reasons)
+    return reasons

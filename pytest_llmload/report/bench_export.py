@@ -1,6 +1,10 @@
 """Hand each cell's per-request E2E latencies to pytest-benchmark, so that its own tooling works on them:
 `--benchmark-autosave`, `--benchmark-compare`, `--benchmark-compare-fail`, `pytest-benchmark compare`.
 
+Opt-in: only when the user asks pytest-benchmark to keep or compare results (`--benchmark-save`,
+`--benchmark-autosave`, `--benchmark-json`, `--benchmark-compare`, `--benchmark-histogram`). Otherwise
+pytest-benchmark would print a second, wide table of every cell after this plugin's own matrices.
+
 Each closed-loop cell becomes one benchmark named ``llmload_e2e[users=U-prompt_tokens=P-max_tokens=M]``
 (open-loop cells ``[rate=R-...]``) in the group ``llmload e2e``, with one "round" per successful request.
 pytest-benchmark builds a `Metadata` from the fixture of a timed test; we build the same object from
@@ -74,15 +78,21 @@ def benchmark_entries(run: RunResult) -> list[Any]:
     return entries
 
 
+def export_requested(session: Any) -> bool:
+    """Whether the user asked pytest-benchmark (its session object) to store, export or compare results."""
+    return any(getattr(session, name, None) for name in ("save", "autosave", "json", "compare", "histogram"))
+
+
 def add_cells_to_benchmark_session(config: Any, run: RunResult) -> int:
     """Append the run's cells to pytest-benchmark's session; returns how many were added.
 
     Does nothing (returns 0) when pytest-benchmark is not active or is disabled
-    (`-p no:benchmark`, `--benchmark-disable`, xdist). Cells already added are replaced, so calling
-    it again with a grown run does not duplicate them.
+    (`-p no:benchmark`, `--benchmark-disable`, xdist), or when the user asked it for no storage, export
+    or comparison (`export_requested`). Cells already added are replaced, so calling it again with a
+    grown run does not duplicate them.
     """
     session = getattr(config, "_benchmarksession", None)  # pytest-benchmark keeps it there, unstashed
-    if session is None or getattr(session, "disabled", False):
+    if session is None or getattr(session, "disabled", False) or not export_requested(session):
         return 0
     entries = benchmark_entries(run)
     names = {e.fullname for e in entries}

@@ -44,7 +44,6 @@ def test_entries_carry_the_per_request_latencies() -> None:
 
 @pytest.fixture
 def bench_project(pytester: pytest.Pytester) -> pytest.Pytester:
-    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
     pytester.makeconftest(CONFTEST)
     pytester.makepyfile(test_nothing="def test_ok():\n    pass\n")
     return pytester
@@ -65,6 +64,13 @@ def test_autosave_and_compare(bench_project: pytest.Pytester) -> None:
     again.assert_outcomes(passed=1)
     again.stderr.fnmatch_lines(["*Comparing against benchmarks from*"])
     again.stdout.fnmatch_lines(["*llmload_e2e*users=4-prompt_tokens=31*(0001*", "*llmload_e2e*users=4-prompt_tokens=31*(NOW)*"])
+
+
+def test_nothing_is_added_when_pytest_benchmark_is_asked_to_keep_nothing(bench_project: pytest.Pytester) -> None:
+    result = bench_project.runpytest_subprocess("-p", "no:cacheprovider", "-s")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*llmload cells added: 0"])
+    assert "llmload_e2e" not in result.stdout.str()
 
 
 def test_disabled_benchmark_session_adds_nothing(bench_project: pytest.Pytester) -> None:

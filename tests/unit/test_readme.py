@@ -28,3 +28,51 @@ def test_public_api_is_importable() -> None:
 
     for name in public:
         assert getattr(pytest_llmload, name) is not None, name
+
+
+def _cells(row: str) -> list[str]:
+    """A Markdown table row's cells: split on the pipes that are not escaped (GFM, also in code spans)."""
+    return re.split(r"(?<!\\)\|", row.strip())[1:-1]
+
+
+def _tables(text: str) -> list[list[str]]:
+    """Every Markdown table (consecutive lines starting with '|'), outside fenced code blocks."""
+    tables: list[list[str]] = []
+    fenced = False
+    current: list[str] = []
+    for line in text.splitlines() + [""]:
+        if line.startswith("```"):
+            fenced = not fenced
+        if not fenced and line.startswith("|"):
+            current.append(line)
+            continue
+        if current:
+            tables.append(current)
+            current = []
+    return tables
+
+
+def test_every_readme_table_renders() -> None:
+    tables = _tables(README)
+    assert len(tables) >= 6
+    for table in tables:
+        header, delimiter, *rows = table
+        width = len(_cells(header))
+        assert re.fullmatch(r"\|(\s*:?-+:?\s*\|)+", delimiter.strip()) and len(_cells(delimiter)) == width, header
+        for row in rows:
+            assert row.rstrip().endswith("|") and len(_cells(row)) == width, f"{header}\n{row}"
+
+
+def test_the_table_check_catches_a_fused_row_and_a_bare_pipe() -> None:
+    fused = "| a | b |\n|---|---|\n| 1 | 2 || 3 | 4 |\n"
+    bare = "| a | b |\n|---|---|\n| `X|Y` | 2 |\n"
+    for text in (fused, bare):
+        (header, _, row) = _tables(text)[0]
+        assert len(_cells(row)) != len(_cells(header))
+
+
+def test_test_files_have_unique_basenames() -> None:
+    """The layers share one sys.path entry per folder (rootdir-relative imports): two test files of one
+    name in two layers make the second fail to collect in a full run."""
+    names = [p.name for p in (ROOT / "tests").rglob("test_*.py")]
+    assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
