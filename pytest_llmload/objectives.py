@@ -10,6 +10,9 @@ An objective is a keyword, the way a platform team writes it down:
     total_tokens_per_s=1000       the cell produced at least 1000 tok/s in total
     requests_per_s=2
     error_rate_max=0.01           at most 1 % of requests failed   (default: 0, every request must succeed)
+    startup_s=120                 the server was ready within 120 s of its launch   (run-level: the start
+    first_ttft_ms=500             the first request after ready had its first token within 500 ms   the
+                                  cell was measured on; not measured for an attached server)
 
 Selectors say which cells an objective is about: `users=32` (or a list), `prompt_tokens=480` (or a list),
 `max_tokens=100`; `name=` labels it; `min_users=64` turns it into a capacity objective ("the server holds
@@ -26,7 +29,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .errors import ConfigError, InvalidMeasurement, InvalidMeasurementWarning, SLOViolation
-from .vocabulary import ERROR_RATE_KEY, OBJECTIVE_KEY_HELP, Distribution, parse_limit_key
+from .vocabulary import (ERROR_RATE_KEY, OBJECTIVE_KEY_HELP, RUN_METRICS, SERVER_START, Distribution,
+                         parse_limit_key)
 
 SELECTORS = ("users", "prompt_tokens", "max_tokens", "name", "min_users")
 KEY_HELP = OBJECTIVE_KEY_HELP + "; selectors " + ", ".join(SELECTORS)
@@ -118,6 +122,8 @@ class Objective:
 
     def observed(self, cell: Judged) -> float | None:
         """The cell's value of this objective's statistic in base units, None if it cannot be computed."""
+        if self.metric in RUN_METRICS:
+            return _server_start_value(cell, RUN_METRICS[self.metric].key)
         stats = cell.stats
         if stats is None:
             return None
@@ -151,6 +157,13 @@ class Objective:
         """E.g. `e2e p95 <= 20 s`."""
         name = self.metric + (f" {self.stat}" if self.stat else "")
         return f"{name} {'<=' if self.upper else '>='} {self.show(self.limit)}"
+
+
+def _server_start_value(cell: Judged, key: str) -> float | None:
+    """A run-level value of the server start the cell was measured on (`extra["server_start"]`)."""
+    section = (getattr(cell, "extra", None) or {}).get(SERVER_START)
+    value = section.get(key) if isinstance(section, dict) else None
+    return None if value is None else float(value)
 
 
 def parse_objective(key: str, value: Any, where: str) -> Objective:
@@ -276,6 +289,9 @@ class SLO:
 
 
 def _miss_line(cell: Judged, objective: Objective, observed: float | None) -> str:
+    if observed is None and objective.metric in RUN_METRICS:
+        return (f"{objective.metric}: not measured (only a server this session started has a start-up time), "
+                f"limit {'<=' if objective.upper else '>='} {objective.show(objective.limit)}")
     line = f"{objective.metric}{' ' + objective.stat if objective.stat else ''}: observed {objective.show(observed)}, "
     line += f"limit {'<=' if objective.upper else '>='} {objective.show(objective.limit)}"
     dist = getattr(cell.stats, objective.metric, None) if cell.stats else None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -191,6 +191,11 @@ class Settings:
     load_workers: int | str = "auto"
     load_cluster: str = "local"
     ray_address: str | None = None
+    repeats: int | None = None  # None: REPEATS_WHEN_COMPARING when comparing or saving, else 1
+    compare_strict: bool = False
+    candidate_model: str | None = None
+    candidate_server_arg: tuple[str, ...] = ()
+    candidate_base_url: str | None = None
 
     @classmethod
     def from_values(cls, cli: Callable[[str], Any], ini: Callable[[str], Any],
@@ -200,6 +205,38 @@ class Settings:
         values = {o.field: resolve(o, cli(o.dest), ini(o.ini), env) for o in OPTIONS}
         return cls(**values)
 
+    @property
+    def has_candidate(self) -> bool:
+        """Whether a candidate server is defined (an A/B comparison in this session)."""
+        return bool(self.candidate_model or self.candidate_server_arg or self.candidate_base_url)
+
+    @property
+    def effective_repeats(self) -> int:
+        """--llm-repeats, else REPEATS_WHEN_COMPARING when a baseline is saved or compared or a candidate
+        is given (a verdict needs the spread between repeats), else 1."""
+        if self.repeats is not None:
+            return self.repeats
+        comparing = self.save_baseline or self.baseline or self.has_candidate
+        return REPEATS_WHEN_COMPARING if comparing else 1
+
+    def candidate_settings(self) -> Settings:
+        """The settings of the candidate's own session: started like this one, with the candidate's model
+        and server arguments in place of --llm-model / --llm-server-arg where given, or attached to
+        --llm-candidate-base-url. It writes its reports under <report dir>/candidate and gates nothing."""
+        if self.candidate_base_url is not None:
+            model, served = self.model, self.candidate_model  # None: the server's first model
+        elif self.candidate_model is not None:
+            model, served = self.candidate_model, None
+        else:
+            model, served = self.model, self.served_model_name
+        return replace(
+            self, model=model, base_url=self.candidate_base_url, served_model_name=served,
+            server_arg=self.candidate_server_arg or self.server_arg,
+            report_dir=str(Path(self.report_dir) / CANDIDATE_REPORT_DIR),
+            save_baseline=None, baseline=None, compare_fail=(), reference=None, repeats=self.effective_repeats,
+            candidate_model=None, candidate_server_arg=(), candidate_base_url=None,
+        )
+
     def cache_path(self) -> Path:
         """The cache folder: --llm-cache-dir (or $LLMLOAD_CACHE_DIR), else ~/.cache/pytest-llmload."""
         from .server.tiny import default_cache_dir  # noqa: PLC0415
@@ -207,6 +244,8 @@ class Settings:
         return Path(self.cache_dir).expanduser() if self.cache_dir else default_cache_dir()
 
 
+REPEATS_WHEN_COMPARING = 3
+CANDIDATE_REPORT_DIR = "candidate"
 _DEFAULTS = {f.name: f.default for f in fields(Settings)}
 
 
@@ -224,6 +263,7 @@ class Option:
     metavar: str | None = None
     kind: str = "value"  # "value", "append" or "flag"
     env: str | None = None
+    shown_default: str | None = None  # the help's "Default: ..." when the Settings default needs words
 
     @property
     def flag(self) -> str:
@@ -249,7 +289,7 @@ class Option:
     @property
     def help_text(self) -> str:
         """The help as argparse prints it: argparse %-formats help strings, so a literal % is written %%."""
-        default = "off" if self.kind == "flag" else repr(self.default)
+        default = self.shown_default or ("off" if self.kind == "flag" else repr(self.default))
         return f"{self.help} Default: {default}.".replace("%", "%%")
 
 
@@ -307,7 +347,8 @@ OPTIONS: tuple[Option, ...] = (
     # --- reports and gates
     Option("report-dir", "Folder for llmload.json, CSV, Markdown and report.html.", str, "DIR"),
     Option("report-metrics", "Matrices printed at the end of the session.", parse_metric_list, "LIST"),
-    Option("save-baseline", "Save this run as a baseline file.", str, "PATH"),
+    Option("save-baseline", "Save this session into a baseline file (a baseline of the same deployment gains "
+           "this session; the last 10 are kept).", str, "PATH"),
     Option("baseline", "Compare this run against a saved baseline and show per-cell deltas.", str, "PATH"),
     Option("compare-fail", "Fail the session on a regression beyond a threshold, e.g. e2e_p95:10% "
            "(repeatable; higher latency / lower throughput is worse).", parse_gate_text, "METRIC:PCT", "append"),
@@ -324,6 +365,22 @@ OPTIONS: tuple[Option, ...] = (
     Option("ray-address", "The Ray cluster for --llm-load-cluster ray, as for ray.init(address=...), e.g. "
            "ray://head:10001 or auto (else $RAY_ADDRESS; with neither, a local Ray is started).", str, "ADDRESS",
            env="RAY_ADDRESS"),
+    # --- repeats and A/B comparisons (verdicts from the spread between repeats)
+    Option("repeats", "Measure every cell N times, spread over the session (the matrix in N passes; cells "
+           "measured once by tests get their other repeats after the last test). Verdicts come from the "
+           "spread between repeats; with fewer than 2 they are inconclusive.", parse_positive_int, "N",
+           shown_default=f"{REPEATS_WHEN_COMPARING} when a baseline is saved or compared or a candidate is given, "
+           "else 1"),
+    Option("compare-strict", "Fail the session on an inconclusive verdict too (not only on a regression "
+           "or an invalid measurement).", kind="flag"),
+    Option("candidate-model", "A/B in one session: the candidate server's model (preset, hub id or folder; "
+           "with --llm-candidate-base-url, the served name to request). Default: --llm-model.",
+           parse_model, "NAME"),
+    Option("candidate-server-arg", "A/B in one session: the candidate's extra vllm serve arguments, in place of "
+           "--llm-server-arg (repeatable), e.g. --llm-candidate-server-arg=--max-num-seqs=64.",
+           str, "ARG", "append"),
+    Option("candidate-base-url", "A/B in one session: attach to a running candidate server instead of "
+           "starting one.", parse_base_url, "URL"),
 )
 OPTIONS_BY_DEST = {o.dest: o for o in OPTIONS}
 

@@ -253,12 +253,16 @@ class RunResult:
     """A whole run: the environment it ran in and its cells, in the order they ran.
 
     Mutable on purpose: the plugin appends cells as they finish so that partial results can be
-    written at any moment (a failed or interrupted session still leaves its reports).
+    written at any moment (a failed or interrupted session still leaves its reports). A cell measured
+    several times (`--llm-repeats`) appears once per repeat, in the order measured.
+    `extra` carries run-level sections keyed by name (the server starts, the comparisons), like a
+    cell's `extra`.
     """
 
     environment: dict[str, Any] = field(default_factory=dict)
     cells: list[CellResult] = field(default_factory=list)
     interrupted: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def cell(self, users: int, prompt_tokens: int, max_tokens: int | None = None) -> CellResult:
         """The last cell measured with these parameters; KeyError if there is none."""

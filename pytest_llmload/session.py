@@ -5,18 +5,29 @@ this module imports pytest, so a plain script can drive a whole run the same way
 
     with LoadSession(Settings(model="tiny", users=(1, 8))) as s:
         s.matrix()           # runs every cell, writes reports as it goes
+
+Repeats and A/B: every cell is measured `settings.effective_repeats` times (`matrix()` in that many
+passes; a cell measured on its own gets its other repeats from `complete_repeats()`, which the end of
+the session calls). With a candidate (`--llm-candidate-*`), `self.candidate` is a second LoadSession
+(its own server, runner and run, reports under <report dir>/candidate) and every measurement is made on
+both servers, in the order A B, B A, A B... (alternating by repeat and by cell), one at a time.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from .errors import ConfigError, LLMLoadError
+from .errors import ConfigError, LLMLoadError, ServerStartError
 from .options import Settings
 from .results import CellResult, CellSpec, RunResult
+from .vocabulary import SERVER_START
+
+STARTS_KEY = "server_starts"  # RunResult.extra: one {"startup_s", "first_ttft_s"} per start of the server
+PROBE = CellSpec(users=1, prompt_tokens=31, max_tokens=8)  # the first request after ready (not recorded)
 
 if TYPE_CHECKING:
     from .load.runner import CellObserver, LoadRunner
@@ -51,6 +62,13 @@ class LoadSession:
         # Where the progress line goes; None: stderr when it is a terminal. The plugin points it at the
         # terminal itself, because pytest captures stderr while tests run.
         self.progress_stream: TextIO | None = None
+        # A/B: the candidate server's own session (None without --llm-candidate-*).
+        self.candidate = LoadSession(settings.candidate_settings(), rootdir=rootdir) if settings.has_candidate else None
+        self._placement_of: LoadSession | None = None  # the candidate runs where A's placement put things
+        if self.candidate is not None:
+            self.candidate._placement_of = self
+        self._specs: dict[tuple[object, ...], CellSpec] = {}  # every cell measured, in first-measured order
+        self._server_start: dict[str, float | None] | None = None  # this server's start, for each cell's extra
 
     # --- server ------------------------------------------------------------------------------------
     def start_server(self) -> ServerHandle:
@@ -93,6 +111,10 @@ class LoadSession:
         from .server.spec import resolve_device
 
         s = self.settings
+        if self._placement_of is not None and self._placement_of.placement is not None:
+            # A/B: A has already moved our threads to the client's cores, so our own affinity no longer
+            # shows the machine; the candidate's server goes where A's went (only one is under load).
+            return self._placement_of.placement
         try:
             if not s.base_url and resolve_device(s.device) == "cpu":
                 return plan_cpu_placement(allowed_cpus(), s.client_cpus)
@@ -140,7 +162,7 @@ class LoadSession:
         from .observe.environment import collect_environment
 
         s, spec = self.settings, self.spec
-        env = collect_environment(server=server, model=server.model)
+        env = collect_environment(server=server, model=server.model, weights_dir=self._tokenizer_path())
         # Top-level layout keys: baseline comparisons refuse runs whose model or layout differ.
         env.update({
             "served_model_name": server.model,
@@ -164,7 +186,47 @@ class LoadSession:
         """The LoadRunner bound to the server, with telemetry observers; created on first use."""
         if self._runner is None:
             self._runner = self._stack.enter_context(self._make_runner())
+            if self.server_started and self.server is not None:
+                self._server_start = self._record_start(self.server, self._runner)
         return self._runner
+
+    def _record_start(self, server: ServerHandle, runner: LoadRunner) -> dict[str, float | None]:
+        """Time to ready and the TTFT of the first request after it (a probe, not recorded as a cell),
+        kept in `run.extra["server_starts"]`: run-level metrics `startup` and `first_ttft`."""
+        probe = runner.run_cell(PROBE)
+        first = probe.records[0] if probe.ok and probe.records else None
+        start = {"startup_s": server.startup_s, "first_ttft_s": None if first is None else first.ttft}
+        self.run.extra.setdefault(STARTS_KEY, []).append(start)
+        return start
+
+    def sample_start(self) -> dict[str, float | None] | None:
+        """Start the launched server once more (same spec, after `close()`), measure its start and stop
+        it: one more sample for a gate on `startup` / `first_ttft`. None when the server was attached."""
+        from .load.runner import LoadRunner
+        from .server.launch import VLLMServer
+
+        if not self.server_started or self.spec is None:
+            return None
+        with self._client_placed(), VLLMServer(self.spec) as server, LoadRunner(
+                server.base_url, server.model, api=self.settings.api, tokenizer_path=self._tokenizer_path(),
+                request_timeout_s=self.settings.request_timeout) as runner:
+            return self._record_start(server, runner)
+
+    @contextlib.contextmanager
+    def _client_placed(self) -> Iterator[None]:
+        """Our threads on the client's cores for the block (as while the session measured), then back."""
+        from .server.placement import allowed_cpus, set_own_affinity
+
+        plan = self.placement
+        if plan is None or plan.policy not in ("isolated", "given"):
+            yield
+            return
+        original = allowed_cpus()
+        set_own_affinity(plan.client_cpus)
+        try:
+            yield
+        finally:
+            set_own_affinity(original)
 
     def _make_runner(self) -> LoadRunner:
         from .load.runner import LoadRunner
@@ -235,24 +297,84 @@ class LoadSession:
             return None
 
     def record(self, cell: CellResult) -> CellResult:
-        """Keep a cell in the run and update the partial reports, so nothing is lost if the session dies."""
+        """Keep a cell in the run and update the partial reports, so nothing is lost if the session dies.
+        The cell carries its server's start (`extra["server_start"]`) for run-level objectives."""
+        if self._server_start is not None:
+            cell = dataclasses.replace(cell, extra={**cell.extra, SERVER_START: self._server_start})
         self.run.cells.append(cell)
         self.write_reports(formats=("json", "csv"))
         return cell
 
     def run_cell(self, users: int, prompt_tokens: int, max_tokens: int | None = None,
                  rounds: int | None = None) -> CellResult:
-        """Measure one closed-loop cell and record it."""
+        """Measure one closed-loop cell and record it (on the candidate too, in an A/B session)."""
         spec = CellSpec(users=users, prompt_tokens=prompt_tokens,
                         max_tokens=max_tokens or self.settings.max_tokens, rounds=rounds or self.settings.rounds)
-        return self.record(self.runner.run_cell(spec))
+        return self.measure(spec)
 
     def run_open_loop(self, rate: float, duration_s: float, prompt_tokens: int, max_tokens: int | None = None,
                       poisson: bool = True, seed: int = 0) -> CellResult:
         """Measure a fixed request rate for a duration and record it."""
-        cell = self.runner.run_open_loop(rate, duration_s, prompt_tokens,
-                                         max_tokens or self.settings.max_tokens, poisson=poisson, seed=seed)
-        return self.record(cell)
+        return self.measure(CellSpec(users=0, prompt_tokens=prompt_tokens, mode="open", rate=rate,
+                                     max_tokens=max_tokens or self.settings.max_tokens, duration_s=duration_s,
+                                     poisson=poisson, seed=seed))
+
+    def measure(self, spec: CellSpec) -> CellResult:
+        """One repeat of a cell: on this server, and in an A/B session on the candidate's as well, A first
+        or B first alternating with the repeat and the cell (A B, B A, ...), so drift cancels. Returns
+        this server's (A's) cell."""
+        key = _spec_key(spec)
+        self._specs.setdefault(key, spec)
+        if self.candidate is None:
+            return self.record(self.runner.run_cell(spec))
+        a_first = (list(self._specs).index(key) + self.repeats_of(key)) % 2 == 0
+        if not a_first:
+            self.candidate.record(self._candidate_runner().run_cell(spec))
+        cell = self.record(self.runner.run_cell(spec))
+        if a_first:
+            self.candidate.record(self._candidate_runner().run_cell(spec))
+        return cell
+
+    def _candidate_runner(self) -> LoadRunner:
+        """The candidate's runner (its server started on first use), named as B when it cannot start."""
+        assert self.candidate is not None
+        self.candidate.progress_stream = self.progress_stream
+        try:
+            return self.candidate.runner
+        except LLMLoadError as exc:
+            raise ServerStartError(f"the candidate server (B) could not be started or reached: {exc}") from exc
+
+    def repeats_of(self, key: tuple[object, ...]) -> int:
+        """How many times the cell with this key was recorded on this server."""
+        return sum(1 for c in self.run.cells if _cell_key(c) == key)
+
+    def _results_of(self, key: tuple[object, ...]) -> int:
+        """Repeats that count as results: valid cells, and failed ones (a failure is a result too)."""
+        return sum(1 for c in self.run.cells if _cell_key(c) == key and (c.valid or not c.ok))
+
+    def _wants_repeat(self, key: tuple[object, ...], done: int) -> bool:
+        """Whether pass `done` (0-based) measures this cell again: until it has `effective_repeats`
+        measurements, and then, while a side lacks that many results because some repeats were invalid,
+        up to twice as many measurements in all."""
+        n, made = self.settings.effective_repeats, self.repeats_of(key)
+        if made > done:
+            return False  # already measured in this pass
+        sides = [self] if self.candidate is None else [self, self.candidate]
+        # One repeat (no comparison) keeps an invalid cell as it is: reported invalid, not replaced.
+        return made < n or (1 < n and made < 2 * n and any(side._results_of(key) < n for side in sides))
+
+    def complete_repeats(self) -> int:
+        """Measure every cell of the session until it has `settings.effective_repeats` repeats (an
+        invalid repeat is measured again, at most as many times more), in passes over the cells in the
+        order they were first measured, so a cell's repeats are spread out. Returns the number of
+        measurements made (each on both servers in an A/B session)."""
+        made = 0
+        for done in range(1, 2 * self.settings.effective_repeats):
+            for key, spec in list(self._specs.items()):
+                if self._wants_repeat(key, done):
+                    self.measure(spec)
+                    made += 1
+        return made
 
     def warm_up(self, prompt_tokens: int = 31, max_tokens: int = 8) -> CellResult:
         """One request that is not recorded: loads caches and code paths before the first measurement."""
@@ -266,10 +388,15 @@ class LoadSession:
             return self.run_cell(users, prompt_tokens, max_tokens)
 
     def matrix(self, users: Sequence[int] | None = None, prompt_tokens: Sequence[int] | None = None) -> RunResult:
-        """Every cell of the users x prompt-size matrix (cells already measured are not run again)."""
-        for p in prompt_tokens or self.settings.prompt_tokens:
-            for u in users or self.settings.users:
-                self.cached_cell(u, p)
+        """Every cell of the users x prompt-size matrix, in `settings.effective_repeats` passes (and more
+        for cells with invalid repeats, see `complete_repeats`); cells already measured are not run again."""
+        s = self.settings
+        for done in range(2 * s.effective_repeats):
+            for p in prompt_tokens or s.prompt_tokens:
+                for u in users or s.users:
+                    spec = CellSpec(users=u, prompt_tokens=p, max_tokens=s.max_tokens, rounds=s.rounds)
+                    if self._wants_repeat(_spec_key(spec), done):
+                        self.measure(spec)
         return self.run
 
     # --- reports -----------------------------------------------------------------------------------
@@ -296,9 +423,14 @@ class LoadSession:
 
     # --- lifecycle ---------------------------------------------------------------------------------
     def close(self) -> None:
-        """Stop the runner and the server (if we started it). Safe to call twice."""
+        """Stop the runner and the server (if we started it), the candidate's first (it started last, and
+        what it changed is undone before what this session changed). Safe to call twice."""
         self._runner = None
-        self._stack.close()
+        try:
+            if self.candidate is not None:
+                self.candidate.close()
+        finally:
+            self._stack.close()
 
     def __enter__(self) -> LoadSession:
         return self
@@ -312,5 +444,19 @@ def check_settings(settings: Settings) -> None:
     if settings.base_url and any(v is not None for v in (settings.tp, settings.pp, settings.quantization)):
         raise ConfigError("--llm-base-url attaches to a running server: --llm-tp, --llm-pp and "
                           "--llm-quantization only apply to servers pytest-llmload starts")
-    if settings.compare_fail and not settings.baseline:
-        raise ConfigError("--llm-compare-fail needs --llm-baseline PATH to compare against")
+    if settings.compare_fail and not settings.baseline and not settings.has_candidate:
+        raise ConfigError("--llm-compare-fail needs something to compare against: --llm-baseline PATH, or a "
+                          "candidate server (--llm-candidate-model, --llm-candidate-server-arg, "
+                          "--llm-candidate-base-url)")
+    if settings.candidate_base_url and settings.candidate_server_arg:
+        raise ConfigError("--llm-candidate-base-url attaches to a running candidate: "
+                          "--llm-candidate-server-arg only applies to a candidate pytest-llmload starts")
+
+
+def _spec_key(spec: CellSpec) -> tuple[object, ...]:
+    """What identifies a cell across repeats (as `gate.compare` matches cells)."""
+    return (spec.mode, spec.users, spec.prompt_tokens, spec.max_tokens, spec.rate)
+
+
+def _cell_key(cell: CellResult) -> tuple[object, ...]:
+    return (cell.mode, cell.users, cell.prompt_tokens, cell.max_tokens, cell.rate)

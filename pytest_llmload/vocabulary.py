@@ -15,6 +15,11 @@ Definitions follow vLLM's `benchmarks/serve` and GuideLLM (see `metrics.py` for 
     total_tokens_per_s     output tokens of successful requests / cell duration    per cell, tok/s
     requests_per_s         successful requests / cell duration                     per cell, req/s
 
+Run-level metrics (`RUN_METRICS`), one value per start of a server the session launched:
+
+    startup                launch -> ready (/health and /v1/models answer)       per start, s
+    first_ttft             TTFT of the first request after ready                  per start, s
+
 This module is a leaf: it imports nothing of the package but `errors`, and reads records and cell
 statistics through the small protocols below.
 """
@@ -192,6 +197,22 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
 DISTRIBUTIONS = tuple(name for name, m in METRICS.items() if not m.scalar)
 SCALARS = tuple(name for name, m in METRICS.items() if m.scalar)
 
+# Run-level metrics: one value per start of the server, not per cell. Each recorded cell carries the
+# values of the start it was measured on in `extra["server_start"]` (under `key`), so objectives can
+# limit them like any other; gates compare them over the starts of each side.
+RUN_METRICS: dict[str, Metric] = {m.name: m for m in (
+    Metric("startup", "Start-up time (s): launch to ready (/health and /v1/models)", "s", None,
+           json_key="startup_s"),
+    Metric("first_ttft", "TTFT of the first request after ready (ms)", "ms", None, scale=1000.0, decimals=0,
+           json_key="first_ttft_s"),
+)}
+SERVER_START = "server_start"  # the key of a cell's `extra` that holds the run-level values
+
+
+def any_metric(name: str) -> Metric:
+    """A cell metric or a run-level one (KeyError for neither)."""
+    return METRICS[name] if name in METRICS else RUN_METRICS[name]
+
 
 def metric_named(name: str) -> Metric:
     """The registry entry; ConfigError naming the bad name and the choices."""
@@ -226,11 +247,12 @@ _LATENCY = tuple(n for n, m in METRICS.items() if m.unit in ("s", "ms"))
 _LATENCY_KEY = re.compile(rf"^({'|'.join(_LATENCY)})_({'|'.join(_LATENCY_LIMITS)})_(s|ms)$")
 _SPEED_KEY = re.compile(rf"^tokens_per_s_per_user_({'|'.join(_SPEED_LIMITS)})$")
 _SCALAR_KEYS = {f"{n}{suffix}": n for n in SCALARS for suffix in ("", "_min")}
+_RUN_KEY = re.compile(rf"^({'|'.join(RUN_METRICS)})_(s|ms)$")
 ERROR_RATE_KEY = "error_rate_max"
 
 OBJECTIVE_KEY_HELP = (f"{'|'.join(_LATENCY)} _ {'|'.join(_LATENCY_LIMITS)} _ s|ms (upper limits); "
                       f"tokens_per_s_per_user_{'|'.join(_SPEED_LIMITS)}, {', '.join(SCALARS)} (lower limits); "
-                      f"{ERROR_RATE_KEY}")
+                      f"{'|'.join(RUN_METRICS)} _ s|ms (upper limits on the server's start); {ERROR_RATE_KEY}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +276,9 @@ def parse_limit_key(key: str) -> LimitKey | None:
     if key in _SCALAR_KEYS:
         name = _SCALAR_KEYS[key]
         return LimitKey(name, None, False, METRICS[name].unit)
+    if m := _RUN_KEY.match(key):
+        name, unit = m.groups()
+        return LimitKey(name, None, True, unit, 1000.0 if unit == "ms" else 1.0)
     if key == ERROR_RATE_KEY:
         return LimitKey("error_rate", None, True, "")
     return None
@@ -275,7 +300,12 @@ class Gate:
 
     @property
     def higher_is_better(self) -> bool:
-        return METRICS[self.metric].higher_is_better
+        return any_metric(self.metric).higher_is_better
+
+    @property
+    def run_level(self) -> bool:
+        """A gate on the server's start (one value per start), not on cells."""
+        return self.metric in RUN_METRICS
 
     def __str__(self) -> str:
         return f"{self.name}:{self.threshold_pct:g}%"
@@ -291,12 +321,12 @@ def parse_gate(text: str) -> Gate:
 
 
 def _gate_metric(text: str, name: str) -> tuple[str, str | None]:
-    if name in SCALARS:
+    if name in SCALARS or name in RUN_METRICS:
         return name, None
     base, _, stat = name.rpartition("_")
     if base in DISTRIBUTIONS and stat in GATE_STATS:
         return base, stat
-    choices = [f"{m}_{{{','.join(GATE_STATS)}}}" for m in DISTRIBUTIONS] + list(SCALARS)
+    choices = [f"{m}_{{{','.join(GATE_STATS)}}}" for m in DISTRIBUTIONS] + list(SCALARS) + list(RUN_METRICS)
     raise ConfigError(f"regression gate {text!r}: unknown metric {name!r}; expected one of {', '.join(choices)}")
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from pytest_llmload.metrics import cell_stats
 import random
+
+from pytest_llmload.metrics import cell_stats
 
 from pytest_llmload.results import CellResult, RequestRecord, RunResult
 
@@ -54,3 +55,43 @@ def make_cell(users: int, prompt: int, *, ok: bool = True, extra: dict | None = 
 def make_run(users=(1, 2, 4), prompts=(31, 296), failed=((4, 296),)) -> RunResult:
     cells = [make_cell(u, p, ok=(u, p) not in failed) for u in users for p in prompts]
     return RunResult(environment={"model": "Mistral-7B", "tensor_parallel_size": 1}, cells=cells)
+
+
+def repeat_cell(users: int, prompt: int, *, e2e: float, ttft: float = 0.05, seed: int = 0, noise: float = 0.05,
+                valid: bool = True, reasons: tuple[str, ...] = (), ok: bool = True) -> CellResult:
+    """One repeat of a cell: `users` requests around `e2e` / `ttft` seconds (lognormal request noise of
+    sigma `noise`); `valid=False` with `reasons` marks it as a measurement the tool cannot vouch for."""
+    if not ok:
+        return CellResult(users=users, prompt_tokens=prompt, max_tokens=100, ok=False, error="server_died")
+    recs = _noisy(users, e2e, ttft, seed, noise)
+    return CellResult(users=users, prompt_tokens=prompt, max_tokens=100, ok=True, stats=cell_stats(recs),
+                      records=tuple(recs), valid=valid, invalid_reasons=reasons)
+
+
+def _noisy(n: int, e2e: float, ttft: float, seed: int, noise: float) -> list[RequestRecord]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        first = ttft * rng.lognormvariate(0, noise)
+        total = max(e2e * rng.lognormvariate(0, noise), first + 0.01)
+        step = (total - first) / 99
+        out.append(RequestRecord(index=i, start=i * 0.001, end=i * 0.001 + total, first_token=i * 0.001 + first,
+                                 chunk_times=tuple(i * 0.001 + first + k * step for k in range(100)),
+                                 output_tokens=100))
+    return out
+
+
+def repeated_run(levels: dict[tuple[int, int], list[float]], *, seed: int = 0, environment: dict | None = None,
+                 invalid: dict[tuple[int, int, int], str] | None = None) -> RunResult:
+    """A run whose cell (users, prompt) was measured once per level in `levels[(users, prompt)]` (its E2E
+    in seconds), in passes like the session's; `invalid[(users, prompt, repeat)]` marks a repeat invalid."""
+    invalid = invalid or {}
+    cells = []
+    for r in range(max(len(v) for v in levels.values())):
+        for (u, p), values in levels.items():
+            if r < len(values):
+                reason = invalid.get((u, p, r))
+                cells.append(repeat_cell(u, p, e2e=values[r], ttft=values[r] / 10, seed=seed * 1000 + r * 100 + u + p,
+                                         valid=reason is None, reasons=(reason,) if reason else ()))
+    env = {"model": "m", "tensor_parallel_size": 1, "dtype": "float32", "cpu_model": "Xeon", "cpu_count": 2}
+    return RunResult(environment={**env, **(environment or {})}, cells=cells)

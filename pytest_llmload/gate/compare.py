@@ -1,201 +1,237 @@
-"""Baselines: save a run, compare a later run against it, and decide per cell whether it regressed.
+"""Comparisons: a run against a baseline, or a candidate server against the session's own (A/B), with
+per-cell deltas and, per gate, a verdict that comes from the spread *between repeats*.
 
-A gate such as ``e2e_p95:10%`` says "the cell's E2E p95 must not get worse by more than 10 %".
-A cell is a *regression* only when the change is beyond the threshold with 95 % confidence: we draw
-BOOTSTRAP_ROUNDS bootstrap resamples of the requests of both runs, compute the statistic on each,
-and take the one-sided 95 % bounds of the relative change. Then
+A gate such as ``e2e_p95:10%`` says "the cell's E2E p95 must not get worse by more than 10 %". Each
+repeat of the cell on each side gives one value of that statistic; `stats.ratio_interval` turns the two
+sets into a one-sided 95 % Welch interval of current/baseline (on log values). Then
 
     lower bound  > threshold      regression    (worse by more than the threshold, surely)
     upper bound  < -threshold     improved      (better by more than the threshold, surely)
     upper bound <= threshold      ok            (surely within the threshold)
-    otherwise                     inconclusive  (the interval straddles the threshold, or too few samples)
+    otherwise                     inconclusive  (the interval straddles the threshold)
 
-Requests are resampled as wholes (a cluster bootstrap), so the many correlated ITL gaps of one
-request do not pass for independent evidence. The resampling is seeded from the gate and the cell, so
-the same two runs always give the same verdicts.
+Why repeats and not the requests of one run: resampling one run's requests measures how well that run
+knows its own p50, and says nothing about the next run, whose placement, caches and neighbours differ.
+On a real server the run-to-run spread dominates (an unchanged CPU server read an 8-user E2E p50 of
+0.42-0.83 s over nine runs), so one run against one run gives no verdict but "inconclusive".
 
-"Worse" is direction-aware: for latencies (E2E, TTFT, ITL, TPOT) it is an increase, current/baseline - 1;
-for throughputs (tokens/s per user, total tokens/s, requests/s) a decrease, 1 - current/baseline.
+Before any statistics, each repeat is checked:
+
+    the cell failed (no request succeeded)     now and not before: regression; before only: improved
+    the cell is invalid (`CellResult.valid`)   left out; a side left with fewer than 2 repeats: invalid
+    too few values for the statistic           left out (a p95 needs 20 values, a p99 100)
+
+so an invalid measurement is never a reference and never a regression: its verdict is "invalid" with
+the reasons. "Worse" is direction-aware: for latencies an increase (current/baseline - 1), for
+throughputs a decrease (1 - current/baseline). Run-level gates (`startup`, `first_ttft`) compare the
+values of each side's server starts the same way.
 """
 
 from __future__ import annotations
 
 import math
-import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from ..errors import BaselineMismatchError
-from ..results import CellResult, RequestRecord, RunResult
-from ..vocabulary import METRICS, SCALARS, Gate, inter_token_latencies
+from ..results import CellResult, RunResult
+from ..vocabulary import METRICS, SCALARS, Gate, any_metric
+from .provenance import LAYOUT_KEYS, Difference, differences, layout
+from .stats import CONFIDENCE, MIN_REPEATS, ratio_interval, session_interval
 
-BOOTSTRAP_ROUNDS = 2000
-CONFIDENCE = 0.95  # one-sided, for each of the two decisions (regression, ok/improved)
-MIN_SAMPLES = 5  # per run and cell; below that no verdict but "inconclusive"
+__all__ = ["CONFIDENCE", "DELTA_METRICS", "LAYOUT_KEYS", "MIN_REPEATS", "VERDICTS", "CellComparison", "Comparison",
+           "Delta", "GateResult", "RepeatValue", "compare", "evaluate_gate", "evaluate_run_gate", "layout",
+           "layout_mismatches", "server_starts"]
 
-
-# What identifies a deployment: runs that differ in any of these are not comparable unless forced.
-LAYOUT_KEYS = ("model", "served_model_name", "tensor_parallel_size", "pipeline_parallel_size",
-               "quantization", "dtype", "gpu_names")
-
-VERDICTS = ("regression", "inconclusive", "ok", "improved")  # worst first
-
-
-# -------------------------------------------------------------------------------- samples & bootstrap
+VERDICTS = ("regression", "invalid", "inconclusive", "ok", "improved")  # worst first
+STARTS_KEY = "server_starts"  # RunResult.extra: one {"startup_s", "first_ttft_s"} per start of the server
+SESSION_KEY = "baseline_session"  # a baseline cell's extra: the session it was measured in (0, 1, ...)
 
 
-def _statistic(stat: str) -> Callable[[np.ndarray], np.ndarray]:
-    """Row-wise statistic of a (rounds, n) array; percentiles interpolate like metrics.percentile."""
-    if stat == "mean":
-        return lambda a: a.mean(axis=-1)
-    q = float(stat[1:])
-    return lambda a: np.percentile(a, q, axis=-1)
+# ------------------------------------------------------------------------------------- per repeat
 
 
-@dataclass(frozen=True)
-class _Sample:
-    """A cell's requests reduced to what one gate needs; `boot` gives the statistic of resamples."""
+@dataclass(frozen=True, slots=True)
+class RepeatValue:
+    """One repeat's value of a gated statistic; `used` False (with `note`) when it cannot count."""
 
-    n: int  # requests (the resampled units)
-    point: float
-    boot: Callable[[np.random.Generator, int], np.ndarray]
-    n_values: int = -1  # values the statistic is taken over when not one per request (ITL gaps)
+    value: float | None
+    used: bool
+    note: str = ""
+    invalid: bool = False
+    session: int = 0  # which session of a baseline it was measured in (see gate/baseline.py)
 
-    @property
-    def values(self) -> int:
-        return self.n if self.n_values < 0 else self.n_values
+    def show(self, metric: str) -> str:
+        text = "-" if self.value is None else any_metric(metric).format(self.value)
+        return text if self.used else f"({text} {self.note.split(':')[0]})"
 
-
-def _sample(cell: CellResult, gate: Gate) -> _Sample:
-    if gate.metric in SCALARS:
-        return _scalar_sample(cell.records, gate.metric)
-    ok = [r for r in cell.records if r.ok]
-    if gate.metric == "itl":
-        return _itl_sample(ok, str(gate.stat))
-    per_request = METRICS[gate.metric].per_request
-    assert per_request is not None  # scalar gates were handled above
-    values = np.array([v for r in ok for v in per_request(r)], dtype=float)
-    stat = _statistic(str(gate.stat))
-    if values.size == 0:
-        return _Sample(0, math.nan, lambda rng, b: np.full(b, math.nan))
-    return _Sample(values.size, float(stat(values)),
-                   lambda rng, b: stat(values[rng.integers(0, values.size, (b, values.size))]))
-
-
-def _itl_sample(ok: Sequence[RequestRecord], stat: str) -> _Sample:
-    gaps = [np.array(inter_token_latencies(r), dtype=float) for r in ok]
-    gaps = [g for g in gaps if g.size]
-    if not gaps:
-        return _Sample(0, math.nan, lambda rng, b: np.full(b, math.nan))
-    point = float(_statistic(stat)(np.concatenate(gaps)))
-    if stat == "mean":
-        sums = np.array([g.sum() for g in gaps])
-        counts = np.array([g.size for g in gaps])
-
-        def boot(rng: np.random.Generator, b: int) -> np.ndarray:
-            idx = rng.integers(0, len(gaps), (b, len(gaps)))
-            ratio: np.ndarray = sums[idx].sum(axis=1) / counts[idx].sum(axis=1)
-            return ratio
-    else:
-        q = float(stat[1:])
-
-        def boot(rng: np.random.Generator, b: int) -> np.ndarray:
-            idx = rng.integers(0, len(gaps), (b, len(gaps)))
-            return np.array([np.percentile(np.concatenate([gaps[i] for i in row]), q) for row in idx])
-
-    return _Sample(len(gaps), point, boot, n_values=sum(g.size for g in gaps))
-
-
-def _scalar_sample(records: Sequence[RequestRecord], metric: str) -> _Sample:
-    """total tokens/s or requests/s over the cell's span; resampling requests approximates their spread."""
-    if not records:
-        return _Sample(0, math.nan, lambda rng, b: np.full(b, math.nan))
-    start = np.array([r.start for r in records])
-    end = np.array([r.end for r in records])
-    ok = np.array([r.ok for r in records], dtype=float)
-    amount = ok * np.array([r.output_tokens or 0 for r in records]) if metric == "total_tokens_per_s" else ok
-
-    def value(idx: np.ndarray) -> np.ndarray:
-        span = end[idx].max(axis=-1) - start[idx].min(axis=-1)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return np.where(span > 0, amount[idx].sum(axis=-1) / span, np.nan)
-
-    point = float(value(np.arange(len(records))))
-    return _Sample(int(ok.sum()), point, lambda rng, b: value(rng.integers(0, len(records), (b, len(records)))))
+    def to_dict(self) -> dict[str, Any]:
+        return {"value": self.value, "used": self.used, "note": self.note, "session": self.session}
 
 
 def _min_values(gate: Gate) -> int:
-    """Values needed so that at least one lies above the gate's percentile (p95: 20, p99: 100)."""
-    if gate.stat is None or gate.stat == "mean":
-        return MIN_SAMPLES
-    tail = 1.0 - float(gate.stat[1:]) / 100.0
-    return max(MIN_SAMPLES, math.ceil(1.0 / tail - 1e-9))
+    """Values a repeat needs so that at least one lies above the gate's percentile (p95: 20, p99: 100)."""
+    if gate.stat is None or gate.stat in ("mean", "p50"):
+        return 1
+    return math.ceil(1.0 / (1.0 - float(gate.stat[1:]) / 100.0) - 1e-9)
 
 
-def _too_few(cur: _Sample, base: _Sample, gate: Gate) -> str:
-    """Why the samples cannot support a verdict, or "" when they can."""
-    need = _min_values(gate)
-    if min(cur.n, base.n) < MIN_SAMPLES or min(cur.values, base.values) < need:
-        return f"too few samples: {cur.values} now, {base.values} in the baseline (need {need} for {gate.name})"
-    return ""
+def _count(cell: CellResult, gate: Gate) -> int:
+    """How many values the repeat's statistic is taken over (requests, or ITL gaps)."""
+    if cell.stats is None:
+        return 0
+    if gate.metric in SCALARS:
+        return cell.stats.requests_ok
+    dist = getattr(cell.stats, gate.metric, None)
+    return 0 if dist is None else int(dist.count)
 
 
-def _worse(current: Any, baseline: Any, higher_is_better: bool) -> Any:
-    """Relative change in the bad direction: +0.1 = 10 % worse (works on floats and arrays)."""
-    return 1.0 - current / baseline if higher_is_better else current / baseline - 1.0
+def repeat_value(cell: CellResult, gate: Gate) -> RepeatValue:
+    """The gate's statistic for one repeat, or why it does not count."""
+    session = session_of(cell)
+    if not cell.ok:
+        return RepeatValue(None, False, f"failed: {cell.error or 'no request succeeded'}", session=session)
+    value = cell.value(gate.metric, gate.stat)
+    if not cell.valid:
+        return RepeatValue(value, False, "invalid: " + ("; ".join(cell.invalid_reasons) or "no reason given"),
+                           invalid=True, session=session)
+    need, have = _min_values(gate), _count(cell, gate)
+    if have < need:
+        return RepeatValue(value, False, f"few: {have} values, {gate.name} needs {need}", session=session)
+    if value is None or not (value > 0 and math.isfinite(value)):
+        return RepeatValue(None, False, "undefined: no value", session=session)
+    return RepeatValue(value, True, session=session)
 
 
-def _seed(gate: Gate, cell: CellResult) -> int:
-    # crc32, not hash(): str hashes are salted per process and the verdict must be reproducible.
-    return zlib.crc32(f"{gate.name}|{_key(cell)}".encode())
+def session_of(cell: CellResult) -> int:
+    """The baseline session a cell was measured in (0 for a run of one session)."""
+    tag = cell.extra.get(SESSION_KEY) if isinstance(cell.extra, dict) else None
+    return tag if isinstance(tag, int) else 0
 
 
-# ------------------------------------------------------------------------------------------ comparison
+# ------------------------------------------------------------------------------------------ verdicts
 
 
 @dataclass(frozen=True, slots=True)
 class GateResult:
-    """One gate on one cell. Percentages are "worse by" (negative = better); the interval is None when
-    the verdict is inconclusive for lack of samples."""
+    """One gate on one cell (or on the server start). Percentages are "worse by" (negative = better);
+    the interval is None when there were too few repeats to estimate the spread between them."""
 
     gate: Gate
     verdict: str
     change_pct: float | None
     ci_low_pct: float | None
     ci_high_pct: float | None
-    n_current: int
-    n_baseline: int
+    current: tuple[RepeatValue, ...]
+    baseline: tuple[RepeatValue, ...]
     reason: str = ""
 
+    @property
+    def n_current(self) -> int:
+        """Repeats that count now (valid, measured)."""
+        return sum(v.used for v in self.current)
+
+    @property
+    def n_baseline(self) -> int:
+        return sum(v.used for v in self.baseline)
+
+    def values_text(self) -> str:
+        """Per-repeat values, baseline then current: '0.61 0.58 0.66 -> 0.70 (0.95 invalid) 0.69'."""
+        def side(values: tuple[RepeatValue, ...]) -> str:
+            return " ".join(v.show(self.gate.metric) for v in values) or "-"
+
+        return f"{side(self.baseline)} -> {side(self.current)}"
+
     def describe(self) -> str:
-        """E.g. 'e2e_p95 +31.0% [+26.2%, +35.9%] > 10% regression'."""
+        """E.g. 'e2e_p95 +31.0% [+26.2%, +35.9%] vs 10%: regression'; the reason when there is one."""
         if self.change_pct is None:
             return f"{self.gate.name} {self.verdict} ({self.reason})"
         ci = "" if self.ci_low_pct is None else f" [{self.ci_low_pct:+.1f}%, {self.ci_high_pct:+.1f}%]"
-        return f"{self.gate.name} {self.change_pct:+.1f}%{ci} vs {self.gate.threshold_pct:g}%: {self.verdict}"
+        why = f" ({self.reason})" if self.reason else ""
+        return f"{self.gate.name} {self.change_pct:+.1f}%{ci} vs {self.gate.threshold_pct:g}%: {self.verdict}{why}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"gate": str(self.gate), "verdict": self.verdict, "change_pct": self.change_pct,
+                "ci_low_pct": self.ci_low_pct, "ci_high_pct": self.ci_high_pct, "reason": self.reason,
+                "baseline": [v.to_dict() for v in self.baseline], "current": [v.to_dict() for v in self.current]}
 
 
-def evaluate_gate(current: CellResult, baseline: CellResult, gate: Gate) -> GateResult:
-    """The verdict of one gate for one cell measured in both runs."""
-    if not current.ok or not baseline.ok:
-        return _failed_cell_result(current, baseline, gate)
-    cur, base = _sample(current, gate), _sample(baseline, gate)
-    change = None if not base.point else 100.0 * _worse(cur.point, base.point, gate.higher_is_better)
-    too_few = _too_few(cur, base, gate)
-    if too_few or change is None or not math.isfinite(change):
-        return GateResult(gate, "inconclusive", change, None, None, cur.n, base.n, too_few or "no baseline value")
-    rng = np.random.default_rng(_seed(gate, current))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        changes = 100.0 * _worse(cur.boot(rng, BOOTSTRAP_ROUNDS), base.boot(rng, BOOTSTRAP_ROUNDS),
-                                 gate.higher_is_better)
-    changes = changes[np.isfinite(changes)]
-    lo, hi = (float(x) for x in np.percentile(changes, [100 * (1 - CONFIDENCE), 100 * CONFIDENCE]))
-    verdict = _verdict(lo, hi, gate.threshold_pct)
-    return GateResult(gate, verdict, change, lo, hi, cur.n, base.n,
-                      "the interval straddles the threshold" if verdict == "inconclusive" else "")
+def _worse_pct(ratio: float, higher_is_better: bool) -> float:
+    """current/baseline as a change for the worse in percent: +10 = 10 % worse."""
+    return 100.0 * ((1.0 - ratio) if higher_is_better else (ratio - 1.0))
+
+
+def _geometric_mean(values: Sequence[float]) -> float:
+    return math.exp(math.fsum(math.log(v) for v in values) / len(values))
+
+
+def judge(gate: Gate, current: Sequence[RepeatValue], baseline: Sequence[RepeatValue],
+          sides: tuple[str, str] = ("now", "in the baseline"), by_session: bool = False) -> GateResult:
+    """The verdict of a gate from per-repeat values of both sides (failed repeats handled by the caller).
+
+    `by_session`: the baseline was measured in other sessions, so the spread that counts is the one
+    between its sessions (`stats.session_interval`); else the two sides ran in one session (A/B) and
+    the spread between repeats counts (`stats.ratio_interval`)."""
+    cur, base = tuple(current), tuple(baseline)
+    used_c = [v.value for v in cur if v.used and v.value is not None]
+    used_b = [v.value for v in base if v.used and v.value is not None]
+    change = None
+    if used_c and used_b:
+        change = _worse_pct(_geometric_mean(used_c) / _geometric_mean(used_b), gate.higher_is_better)
+    if by_session:
+        interval = session_interval(used_c, list(_sessions(base).values()))
+    else:
+        interval = ratio_interval(used_c, used_b)
+    if interval is None:
+        verdict, reason = _too_few(cur, base, sides, by_session)
+        return GateResult(gate, verdict, change, None, None, cur, base, reason)
+    bounds = sorted((_worse_pct(interval.low, gate.higher_is_better), _worse_pct(interval.high, gate.higher_is_better)))
+    verdict = _verdict(bounds[0], bounds[1], gate.threshold_pct)
+    notes = [f"{n} repeat(s) {side} left out: {note}" for side, vals in zip(sides, (cur, base))
+             for n, note in _left_out(vals)]
+    if verdict == "inconclusive":
+        notes.insert(0, "the interval straddles the threshold")
+    return GateResult(gate, verdict, change, bounds[0], bounds[1], cur, base, "; ".join(notes))
+
+
+def _left_out(values: Sequence[RepeatValue]) -> list[tuple[int, str]]:
+    notes: dict[str, int] = {}
+    for v in values:
+        if not v.used:
+            notes[v.note] = notes.get(v.note, 0) + 1
+    return [(n, note) for note, n in notes.items()]
+
+
+def _sessions(values: Sequence[RepeatValue]) -> dict[int, list[float]]:
+    """The usable values of each baseline session."""
+    out: dict[int, list[float]] = {}
+    for v in values:
+        if v.used and v.value is not None:
+            out.setdefault(v.session, []).append(v.value)
+    return out
+
+
+def _too_few(cur: Sequence[RepeatValue], base: Sequence[RepeatValue], sides: tuple[str, str],
+             by_session: bool = False) -> tuple[str, str]:
+    """'invalid' when invalid repeats left a side short, else 'inconclusive'; with the reason."""
+    usable_now = sum(v.used for v in cur)
+    short_now = usable_now < (1 if by_session else MIN_REPEATS)
+    short_before = (len(_sessions(base)) if by_session else sum(v.used for v in base)) < MIN_REPEATS
+    invalid = [f"invalid measurement {side}: {v.note.removeprefix('invalid: ')}"
+               for side, vals, short in zip(sides, (cur, base), (short_now, short_before)) if short
+               for v in vals if v.invalid]
+    if invalid and (short_now or not by_session or not _sessions(base)):
+        return "invalid", "; ".join(dict.fromkeys(invalid)) + " (never used as a reference or a regression)"
+    left_out = [f"{note}" for vals in (cur, base) for _, note in _left_out(vals)]
+    tail = f"; left out: {'; '.join(dict.fromkeys(left_out))}" if left_out else ""
+    if by_session and not short_now:
+        return "inconclusive", (f"the baseline holds {len(_sessions(base))} session(s) of this cell: the spread "
+                                f"between sessions needs {MIN_REPEATS} (save the baseline into the same file in "
+                                f"another session to add one, or compare A/B in one session){tail}")
+    counts = ", ".join(f"{sum(v.used for v in vals)} usable repeat(s) {side}" for side, vals in zip(sides, (cur, base)))
+    return "inconclusive", (f"{counts}: the spread between runs needs {MIN_REPEATS} on each side (--llm-repeats)"
+                            + tail)
 
 
 def _verdict(lo: float, hi: float, threshold: float) -> str:
@@ -208,15 +244,55 @@ def _verdict(lo: float, hi: float, threshold: float) -> str:
     return "inconclusive"
 
 
-def _failed_cell_result(current: CellResult, baseline: CellResult, gate: Gate) -> GateResult:
-    n_cur, n_base = len(current.records), len(baseline.records)
-    if current.ok:
-        return GateResult(gate, "improved", None, None, None, n_cur, n_base, "the cell failed in the baseline")
-    if baseline.ok:
-        return GateResult(gate, "regression", None, None, None, n_cur, n_base,
-                          f"the cell failed now: {current.error or 'no request succeeded'}")
-    return GateResult(gate, "inconclusive", None, None, None, n_cur, n_base, "the cell failed in both runs")
+def evaluate_gate(current: Sequence[CellResult], baseline: Sequence[CellResult], gate: Gate,
+                  sides: tuple[str, str] = ("now", "in the baseline"), by_session: bool = False) -> GateResult:
+    """The verdict of one gate for one cell, from its repeats on both sides."""
+    cur = tuple(repeat_value(c, gate) for c in current)
+    base = tuple(repeat_value(c, gate) for c in baseline)
+    failed_now = [c for c in current if not c.ok]
+    failed_before = [c for c in baseline if not c.ok]
+    if failed_now and not failed_before:
+        error = failed_now[0].error or "no request succeeded"
+        return GateResult(gate, "regression", None, None, None, cur, base,
+                          f"the cell failed {sides[0]} in {len(failed_now)} of {len(current)} repeat(s): {error}")
+    if failed_before and not failed_now:
+        return GateResult(gate, "improved", None, None, None, cur, base,
+                          f"the cell failed {sides[1]} in {len(failed_before)} of {len(baseline)} repeat(s)")
+    if failed_now and failed_before:
+        return GateResult(gate, "inconclusive", None, None, None, cur, base, "the cell failed on both sides")
+    return judge(gate, cur, base, sides, by_session)
 
+
+def server_starts(run: RunResult) -> list[dict[str, Any]]:
+    """The run's server starts: [{"startup_s": ..., "first_ttft_s": ...}, ...] (empty when none recorded)."""
+    starts = run.extra.get(STARTS_KEY) if isinstance(run.extra, dict) else None
+    return [s for s in starts if isinstance(s, dict)] if isinstance(starts, list) else []
+
+
+def evaluate_run_gate(current: RunResult, baseline: RunResult, gate: Gate,
+                      sides: tuple[str, str] = ("now", "in the baseline")) -> GateResult:
+    """A run-level gate (`startup`, `first_ttft`) over the server starts of both sides."""
+    key = any_metric(gate.metric).key
+
+    def values(run: RunResult) -> tuple[RepeatValue, ...]:
+        out = []
+        for start in server_starts(run):
+            v = start.get(key)
+            if isinstance(v, (int, float)) and v > 0:
+                out.append(RepeatValue(float(v), True))
+            else:
+                out.append(RepeatValue(None, False, "undefined: not measured"))
+        return tuple(out)
+
+    cur, base = values(current), values(baseline)
+    if not cur or not base:
+        missing = " and ".join(side for side, vals in zip(sides, (cur, base)) if not vals)
+        return GateResult(gate, "inconclusive", None, None, None, cur, base,
+                          f"no server start measured {missing} (attached servers have none)")
+    return judge(gate, cur, base, sides)
+
+
+# ------------------------------------------------------------------------------------------ deltas
 
 # (label, metric, stat) of the deltas every comparison shows.
 DELTA_METRICS: tuple[tuple[str, str, str | None], ...] = (
@@ -232,8 +308,8 @@ DELTA_METRICS: tuple[tuple[str, str, str | None], ...] = (
 
 @dataclass(frozen=True, slots=True)
 class Delta:
-    """One metric of one cell in both runs; `change_pct` is signed (current vs baseline), `worse` says
-    whether that direction is bad for this metric."""
+    """One metric of one cell on both sides (the mean over the repeats that count); `change_pct` is
+    signed (current vs baseline), `worse` says whether that direction is bad for this metric."""
 
     label: str
     metric: str
@@ -256,18 +332,31 @@ class Delta:
         return c is not None and (c < 0 if METRICS[self.metric].higher_is_better else c > 0)
 
 
+def _mean_value(cells: Sequence[CellResult], metric: str, stat: str | None) -> float | None:
+    values = [v for c in cells if c.ok and c.valid and (v := c.value(metric, stat)) is not None]
+    return math.fsum(values) / len(values) if values else None
+
+
+# -------------------------------------------------------------------------------------- comparison
+
+
 @dataclass(frozen=True)
 class CellComparison:
-    """A cell present in both runs: its deltas and the result of each gate."""
+    """A cell measured on both sides: its repeats, deltas and the result of each gate."""
 
-    current: CellResult
-    baseline: CellResult
+    current: tuple[CellResult, ...]
+    baseline: tuple[CellResult, ...]
     deltas: tuple[Delta, ...]
     gates: tuple[GateResult, ...]
 
     @property
+    def cell(self) -> CellResult:
+        """The first repeat measured now (for its users, prompt size, mode)."""
+        return self.current[0]
+
+    @property
     def label(self) -> str:
-        return self.current.label
+        return self.cell.label
 
     @property
     def verdict(self) -> str:
@@ -276,17 +365,44 @@ class CellComparison:
             return "ok"
         return min((g.verdict for g in self.gates), key=VERDICTS.index)
 
+    def to_dict(self) -> dict[str, Any]:
+        c = self.cell
+        return {"label": c.label, "users": c.users, "prompt_tokens": c.prompt_tokens, "max_tokens": c.max_tokens,
+                "mode": c.mode, "rate": c.rate, "verdict": self.verdict,
+                "repeats": {"current": len(self.current), "baseline": len(self.baseline)},
+                "deltas": [{"label": d.label, "metric": d.metric, "baseline": d.baseline, "current": d.current,
+                            "change_pct": d.change_pct} for d in self.deltas],
+                "gates": [g.to_dict() for g in self.gates]}
+
 
 @dataclass
 class Comparison:
-    """A run compared with a baseline, cell by cell."""
+    """One run compared with another, cell by cell: a baseline (kind "baseline") or, in an A/B session,
+    the candidate B against the session's own server A (kind "candidate")."""
 
     cells: list[CellComparison]
     gates: list[Gate]
     only_current: list[CellResult] = field(default_factory=list)
     only_baseline: list[CellResult] = field(default_factory=list)
-    mismatches: list[str] = field(default_factory=list)  # layout differences, kept when forced
+    differences: list[Difference] = field(default_factory=list)
+    run_gates: list[GateResult] = field(default_factory=list)
     baseline_name: str = "baseline"
+    current_name: str = "this run"
+    kind: str = "baseline"
+    forced: bool = False
+    sides: tuple[str, str] = ("now", "in the baseline")
+
+    @property
+    def mismatches(self) -> list[str]:
+        """The deployment differences that were compared anyway (forced)."""
+        return [d.describe(*self.sides) for d in self.differences if d.deployment] if self.forced else []
+
+    def _results(self) -> list[tuple[str, GateResult]]:
+        return [(c.label, g) for c in self.cells for g in c.gates] + [("server start", g) for g in self.run_gates]
+
+    def with_verdict(self, verdict: str) -> list[tuple[str, GateResult]]:
+        """(cell label or "server start", gate result) of every gate with this verdict."""
+        return [(label, g) for label, g in self._results() if g.verdict == verdict]
 
     @property
     def regressions(self) -> list[tuple[CellComparison, GateResult]]:
@@ -295,75 +411,90 @@ class Comparison:
 
     @property
     def failed(self) -> bool:
-        """True when any gate found a regression in any cell."""
-        return bool(self.regressions)
+        """True when any gate found a regression (a cell's or the server start's)."""
+        return bool(self.with_verdict("regression"))
+
+    def problems(self, strict: bool = False, allow_invalid: bool = False) -> list[str]:
+        """What fails the session: regressions, invalid measurements (unless `allow_invalid`: then they are
+        reported, not failed), and inconclusive verdicts when `strict`."""
+        failing = ("regression",) + (() if allow_invalid else ("invalid",)) + (("inconclusive",) if strict else ())
+        return [f"{self.current_name} vs {self.baseline_name}: {label}: {g.describe()}"
+                for label, g in self._results() if g.verdict in failing]
 
     def summary(self) -> str:
-        """One line: how many cells compared and the verdict counts."""
+        """One line: how many cells compared, the verdict counts and the repeats."""
         counts = {v: sum(1 for c in self.cells if c.verdict == v) for v in VERDICTS}
         parts = ", ".join(f"{n} {v}" for v, n in counts.items() if n)
         gates = ", ".join(str(g) for g in self.gates) or "no gates"
-        return f"{len(self.cells)} cells compared ({gates}): {parts or 'nothing to compare'}"
+        cur = sorted({len(c.current) for c in self.cells})
+        base = sorted({len(c.baseline) for c in self.cells})
+        reps = (f"; repeats: {'/'.join(map(str, cur))} {self.sides[0]}, {'/'.join(map(str, base))} {self.sides[1]}"
+                if self.cells else "")
+        return f"{len(self.cells)} cells compared ({gates}): {parts or 'nothing to compare'}{reps}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The comparison as llmload.json carries it (`extra.comparisons`)."""
+        return {
+            "kind": self.kind, "baseline_name": self.baseline_name, "current_name": self.current_name,
+            "sides": list(self.sides), "gates": [str(g) for g in self.gates], "summary": self.summary(),
+            "failed": self.failed, "forced": self.forced, "confidence": CONFIDENCE,
+            "differences": [d.to_dict() for d in self.differences],
+            "cells": [c.to_dict() for c in self.cells],
+            "run_gates": [g.to_dict() for g in self.run_gates],
+            "only_current": [c.label for c in self.only_current],
+            "only_baseline": [c.label for c in self.only_baseline],
+        }
 
 
 def _key(cell: CellResult) -> tuple[Any, ...]:
     return (cell.mode, cell.users, cell.prompt_tokens, cell.max_tokens, cell.rate)
 
 
-def _by_key(run: RunResult) -> dict[tuple[Any, ...], CellResult]:
-    # A cell measured twice: the later measurement wins, as in RunResult.cell().
-    return {_key(c): c for c in run.cells}
-
-
-def layout(environment: dict[str, Any]) -> dict[str, Any]:
-    """The fields of an environment that identify the deployment (see LAYOUT_KEYS), where present.
-
-    Looked up at the top level, then in a "server_args" mapping; GPU names also from a "gpus" list.
-    """
-    server_args = environment.get("server_args")
-    nested = server_args if isinstance(server_args, dict) else {}
-    out = {k: environment.get(k, nested.get(k)) for k in LAYOUT_KEYS}
-    if out["gpu_names"] is None and isinstance(environment.get("gpus"), list):
-        out["gpu_names"] = [g.get("name") if isinstance(g, dict) else g for g in environment["gpus"]]
-    return {k: v for k, v in out.items() if v is not None}
-
-
-def layout_mismatches(current: RunResult, baseline: RunResult) -> list[str]:
-    """Human-readable differences of model and layout; a field known on one side only counts for `model`."""
-    cur, base = layout(current.environment), layout(baseline.environment)
-    out = []
-    for key in LAYOUT_KEYS:
-        if key in cur and key in base and cur[key] != base[key]:
-            out.append(f"{key} differs: {cur[key]!r} now, {base[key]!r} in the baseline")
-        elif key == "model" and (key in cur) != (key in base):
-            out.append(f"model is known on one side only: {cur.get(key)!r} now, {base.get(key)!r} in the baseline")
+def repeats_by_key(run: RunResult) -> dict[tuple[Any, ...], list[CellResult]]:
+    """Every measurement of each cell, in the order measured: the repeats of the cell."""
+    out: dict[tuple[Any, ...], list[CellResult]] = {}
+    for c in run.cells:
+        out.setdefault(_key(c), []).append(c)
     return out
 
 
-def compare(current: RunResult, baseline: RunResult, gates: Sequence[Gate] = (), *, force: bool = False,
-            baseline_name: str = "baseline") -> Comparison:
-    """Compare the cells present in both runs and evaluate every gate on each.
+def layout_mismatches(current: RunResult, baseline: RunResult) -> list[str]:
+    """Human-readable deployment differences (model, weights, layout, hardware, workload)."""
+    return [d.describe() for d in differences(current.environment, baseline.environment) if d.deployment]
 
-    Raises BaselineMismatchError when model or layout differ, unless `force` (then the differences
-    are listed in the comparison's rendering).
+
+def compare(current: RunResult, baseline: RunResult, gates: Sequence[Gate] = (), *, force: bool = False,
+            baseline_name: str = "baseline", current_name: str = "this run", kind: str = "baseline",
+            sides: tuple[str, str] = ("now", "in the baseline")) -> Comparison:
+    """Compare the cells present in both runs (all their repeats) and evaluate every gate on each.
+
+    A baseline comparison (`kind="baseline"`) raises BaselineMismatchError naming every deployment
+    difference, unless `force` (then they are listed in the comparison). An A/B comparison
+    (`kind="candidate"`) refuses nothing: the candidate is meant to differ; the differences are listed.
     """
-    mismatches = layout_mismatches(current, baseline)
-    if mismatches and not force:
+    diffs = differences(current.environment, baseline.environment)
+    deployment = [d for d in diffs if d.deployment]
+    if kind == "baseline" and deployment and not force:
         raise BaselineMismatchError(
-            f"cannot compare with {baseline_name}: " + "; ".join(mismatches) + " (force the comparison to do it anyway)"
-        )
-    cur, base = _by_key(current), _by_key(baseline)
-    cells = [_compare_cell(cur[k], base[k], gates) for k in cur if k in base]
+            f"cannot compare with {baseline_name}: " + "; ".join(d.describe(*sides) for d in deployment)
+            + " (--llm-compare-force compares anyway)")
+    cur, base = repeats_by_key(current), repeats_by_key(baseline)
+    cell_gates = [g for g in gates if not g.run_level]
+    by_session = kind == "baseline"  # a baseline ran in other sessions; A/B ran in this one
+    cells = [_compare_cell(cur[k], base[k], cell_gates, sides, by_session) for k in cur if k in base]
     return Comparison(
-        cells=cells,
-        gates=list(gates),
-        only_current=[c for k, c in cur.items() if k not in base],
-        only_baseline=[c for k, c in base.items() if k not in cur],
-        mismatches=mismatches,
-        baseline_name=baseline_name,
+        cells=cells, gates=list(gates),
+        only_current=[c[0] for k, c in cur.items() if k not in base],
+        only_baseline=[c[0] for k, c in base.items() if k not in cur],
+        differences=diffs, run_gates=[evaluate_run_gate(current, baseline, g, sides) for g in gates if g.run_level],
+        baseline_name=baseline_name, current_name=current_name, kind=kind,
+        forced=bool(force and deployment and kind == "baseline"), sides=sides,
     )
 
 
-def _compare_cell(current: CellResult, baseline: CellResult, gates: Sequence[Gate]) -> CellComparison:
-    deltas = tuple(Delta(label, m, baseline.value(m, s), current.value(m, s)) for label, m, s in DELTA_METRICS)
-    return CellComparison(current, baseline, deltas, tuple(evaluate_gate(current, baseline, g) for g in gates))
+def _compare_cell(current: Sequence[CellResult], baseline: Sequence[CellResult], gates: Sequence[Gate],
+                  sides: tuple[str, str], by_session: bool) -> CellComparison:
+    deltas = tuple(Delta(label, m, _mean_value(baseline, m, s), _mean_value(current, m, s))
+                   for label, m, s in DELTA_METRICS)
+    return CellComparison(tuple(current), tuple(baseline), deltas,
+                          tuple(evaluate_gate(current, baseline, g, sides, by_session) for g in gates))

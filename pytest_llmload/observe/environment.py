@@ -2,19 +2,22 @@
 
 `collect_environment` gathers what makes two runs comparable: GPUs, driver and CUDA (from NVML),
 the vLLM version (the server's `GET /version`, else the installed package), the model, the server's
-argv with secrets redacted, the plugin version, the suite's git commit, and the host. Every probe is
-guarded: a missing piece becomes None or an "unavailable" reason, never an exception.
+argv with secrets redacted, a fingerprint of local weights (`weights_fingerprint`), the plugin version,
+the suite's git commit, and the host (CPU model and cores). Every probe is guarded: a missing piece
+becomes None or an "unavailable" reason, never an exception.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import importlib.metadata
 import os
 import platform
 import re
 import socket
 import subprocess
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,11 +38,13 @@ def collect_environment(
     extra: Mapping[str, Any] | None = None,
     model_revision: str | None = None,
     cwd: str | Path | None = None,
+    weights_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Everything llmload.json records about where and with what a run was measured.
 
     `server`: the server measured (its `version()`, `api_key` and `argv` are read); `server_args` defaults
-    to its `argv`. `extra` is merged in last.
+    to its `argv`. `weights_dir`: the local model folder whose files are fingerprinted (None: a hub id or
+    an attached server, nothing to hash). `extra` is merged in last.
     """
     api_key = None if server is None else server.api_key
     argv = server_args if server_args is not None else (None if server is None else server.argv)
@@ -50,12 +55,14 @@ def collect_environment(
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
         "cpu_model": cpu_model(),
+        "load_average": load_average(),  # neighbours at the start: explains a session that ran slow throughout
         "plugin_version": package_version("pytest-llmload"),
         "git_commit": git_commit(cwd),
         "vllm_version": vllm_version(server),
         "model": model,
         "model_revision": model_revision if model_revision is not None else revision_from_path(model),
         "server_args": redact_argv(argv, secrets=[api_key] if api_key else ()),
+        "model_weights": None if weights_dir is None else weights_fingerprint(weights_dir),
         **gpu_environment(),
     }
     env.update(extra or {})
@@ -175,6 +182,14 @@ def revision_from_path(model: str | None) -> str | None:
     return None
 
 
+def load_average() -> list[float] | None:
+    """The host's 1, 5 and 15 minute load averages (Unix), else None."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (OSError, AttributeError):
+        return None
+
+
 def cpu_model() -> str | None:
     """The CPU's model name (Linux /proc/cpuinfo), else platform.processor()."""
     try:
@@ -184,3 +199,86 @@ def cpu_model() -> str | None:
     except OSError:
         pass
     return platform.processor() or None
+
+
+# -- what was served ----------------------------------------------------------------------------
+
+WEIGHTS_BUDGET_S = 20.0  # hashing stops after this long: a 140 GB folder is not read for a report
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".model", ".json", ".txt", ".jinja")
+_OUR_MANIFEST = "manifest.json"  # the tiny model's list of these same digests: not model content
+_HEX = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+
+
+def weights_fingerprint(folder: str | Path, budget_s: float = WEIGHTS_BUDGET_S,
+                        clock: Any = time.monotonic) -> dict[str, Any]:
+    """A digest of a model folder's weights, config and tokenizer files (top level), bounded in time.
+
+    Each file's content hash is its Hugging Face cache blob name when it is a link into `blobs/`
+    (sha256 for weights, git's sha1 for small files: no need to read them), else its sha256, computed.
+    `digest` is the sha256 of the sorted "name algorithm hash" lines; None when the folder could not be
+    read completely within `budget_s` (`reason` says why): a partial digest would claim too much.
+    """
+    root = Path(folder)
+    try:
+        paths = sorted((p for p in root.iterdir()
+                        if p.is_file() and p.name.endswith(_WEIGHT_SUFFIXES) and p.name != _OUR_MANIFEST),
+                       key=lambda p: (p.stat().st_size, p.name))  # small files first: config before weights
+    except OSError as exc:
+        return {"digest": None, "complete": False, "reason": f"cannot list {root}: {exc.strerror or exc}"}
+    deadline = clock() + budget_s
+    files: dict[str, str] = {}
+    total = 0
+    for path in paths:
+        try:
+            entry = _blob_hash(path) or _file_hash(path, deadline, clock)
+        except OSError as exc:
+            return {"digest": None, "complete": False, "reason": f"cannot read {path}: {exc.strerror or exc}"}
+        if entry is None:
+            size = sum(p.stat().st_size for p in paths)
+            return {"digest": None, "complete": False, "files": len(files), "bytes": total,
+                    "reason": f"not hashed within {budget_s:g} s ({total / 1e9:.1f} of {size / 1e9:.1f} GB read)"}
+        files[path.name] = entry
+        total += path.stat().st_size
+    lines = "".join(f"{name} {files[name]}\n" for name in sorted(files))
+    return {"digest": hashlib.sha256(lines.encode()).hexdigest(), "complete": True, "files": files, "bytes": total}
+
+
+def _blob_hash(path: Path) -> str | None:
+    """`sha256:HEX` / `git-sha1:HEX` when `path` links to a Hugging Face cache blob named by its hash."""
+    if not path.is_symlink():
+        return None
+    target = path.resolve()
+    if target.parent.name != "blobs" or not _HEX.fullmatch(target.name):
+        return None
+    return f"{'sha256' if len(target.name) == 64 else 'git-sha1'}:{target.name}"
+
+
+def _file_hash(path: Path, deadline: float, clock: Any) -> str | None:
+    """`sha256:HEX` of the file, None when the deadline passed before the end."""
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 22):
+            h.update(chunk)
+            if clock() > deadline:
+                return None
+    return f"sha256:{h.hexdigest()}"
+
+
+def server_flags(argv: Sequence[str] | None) -> list[str] | None:
+    """The `vllm serve` flags of a launch command, without what differs by itself from run to run: the
+    interpreter and module, the model path (compared separately) and the port."""
+    if argv is None:
+        return None
+    args = list(argv)
+    if "serve" in args:
+        args = args[args.index("serve") + 2:]  # past "serve MODEL"
+    out: list[str] = []
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == "--port":
+            skip = True
+        elif not arg.startswith("--port="):
+            out.append(arg)
+    return out

@@ -13,7 +13,7 @@ from pathlib import Path
 from ..results import RunResult
 from . import plots
 from ._files import atomic_write_text
-from .sections import REPORT_MATRICES, environment_rows, section_names, section_table, section_title
+from .sections import REPORT_MATRICES, environment_rows, run_sections, section_names, section_table, section_title
 from .table import INVALID_LEGEND, MISSING, formatted_rows, invalid_table, matrix, matrix_title, model_name, summary_table
 
 _CSS = """
@@ -29,6 +29,7 @@ th { background: #eef2f6; }
 table.matrix td { text-align: right; font-variant-numeric: tabular-nums; }
 table.matrix th[scope=row] { text-align: right; }
 td.missing { color: #999; text-align: center; }
+table.verdicts td { white-space: pre-line; }
 table.kv td:first-child { font-family: ui-monospace, monospace; white-space: nowrap; }
 figure { margin: 1em 0 2em; }
 figure img { max-width: 100%; height: auto; border: 1px solid #e3e8ee; }
@@ -108,6 +109,10 @@ def render_html(run: RunResult) -> str:
     if invalid[1]:
         sections.append(("invalid", "Invalid measurements", html_table(*invalid)))
     sections.append(("cells", "Cells", html_table(*summary_table(run))))
+    for i, (heading, before, headers, rows, after) in enumerate(run_sections(run)):
+        text = "".join(f"<p>{escape(line)}</p>" for line in before)
+        tail = "".join(f"<p>{escape(line)}</p>" for line in after)
+        sections.append((f"run-{i}", heading, f'{text}{html_table(headers, rows, cls="verdicts")}{tail}'))
     for i, name in enumerate(section_names(run)):
         sections.append((f"extra-{i}", section_title(name), html_table(*section_table(run, name))))
     if run.environment:

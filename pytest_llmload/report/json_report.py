@@ -3,6 +3,7 @@
 Layout (SCHEMA_VERSION 1)::
 
     {"schema_version": 1, "generator": "pytest-llmload", "environment": {...}, "interrupted": false,
+     "extra": {"server_starts": [...], "comparisons": [...]},
      "records": "requests.jsonl" | "inline", "records_sha256": "<hex>" (sidecar only),
      "cells": [CellResult.to_dict(include_records=False) (+ "records": [...] when inline), ...]}
 
@@ -59,6 +60,7 @@ def run_document(run: RunResult, *, records: str) -> dict[str, Any]:
         "generator": GENERATOR,
         "environment": run.environment,
         "interrupted": run.interrupted,
+        "extra": run.extra,
         "records": records,
         "cells": [c.to_dict(include_records=inline) for c in run.cells],
     }
@@ -164,7 +166,9 @@ def read_report(path: Path | str, *, records: bool = True) -> RunResult:
     cells = [_parse_cell(path, i, raw) for i, raw in enumerate(doc["cells"])]
     if records and doc.get("records") not in (None, "inline"):
         cells = _attach_sidecar(path, doc, cells)
-    return RunResult(environment=dict(doc["environment"]), cells=cells, interrupted=bool(doc["interrupted"]))
+    extra = doc.get("extra")
+    return RunResult(environment=dict(doc["environment"]), cells=cells, interrupted=bool(doc["interrupted"]),
+                     extra=dict(extra) if isinstance(extra, dict) else {})
 
 
 def _load_json(path: Path) -> Any:

@@ -8,7 +8,7 @@ from tabulate import tabulate
 
 from ..results import RunResult
 from ._files import atomic_write_text
-from .sections import REPORT_MATRICES, environment_rows, section_names, section_table, section_title
+from .sections import REPORT_MATRICES, environment_rows, run_sections, section_names, section_table, section_title
 from .table import INVALID_LEGEND, formatted_rows, invalid_table, matrix, matrix_title, model_name, summary_table
 
 
@@ -43,6 +43,10 @@ def render_markdown(run: RunResult) -> str:
     if invalid[1]:
         parts.append("## Invalid measurements\n\n" + md_table(*invalid) + "\n")
     parts.append("## Cells\n\n" + md_table(*summary_table(run)) + "\n")
+    for title, before, headers, rows, after in run_sections(run):
+        lines = "".join(f"{_md_escape(line)}\n\n" for line in before)
+        tail = "".join(f"\n{_md_escape(line)}\n" for line in after)
+        parts.append(f"## {_md_escape(title)}\n\n{lines}{md_table(headers, rows)}\n{tail}")
     for name in section_names(run):
         parts.append(f"## {_md_escape(section_title(name))}\n\n{md_table(*section_table(run, name))}\n")
     if run.environment:

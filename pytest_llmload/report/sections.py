@@ -83,3 +83,28 @@ def section_table(run: RunResult, name: str) -> tuple[list[str], list[list[str]]
     headers = ["cell", *keys]
     rows = [[label, *(text(item.get(k)) for k in keys)] for label, item in labelled]
     return headers, rows
+
+
+def run_sections(run: RunResult) -> list[tuple[str, list[str], list[str], list[list[str]], list[str]]]:
+    """Run-level sections as (title, lines before, headers, rows, lines after): the server starts (time to
+    ready, first TTFT) and each comparison (per-repeat gate values and verdicts)."""
+    from .comparison import comparison_rows, head_lines, tail_lines  # noqa: PLC0415 - comparison imports table
+
+    out: list[tuple[str, list[str], list[str], list[list[str]], list[str]]] = []
+    starts = [s for s in run.extra.get("server_starts") or [] if isinstance(s, dict)]
+    if starts:
+        rows = [[str(i + 1), _seconds(s.get("startup_s"), 1), _seconds(s.get("first_ttft_s"), 1000)]
+                for i, s in enumerate(starts)]
+        out.append(("Server starts", ["Time to ready: launch to /health and /v1/models answering; first TTFT: the "
+                                      "first request after ready (a probe, not a cell)."],
+                    ["start", "time to ready (s)", "first TTFT (ms)"], rows, []))
+    for doc in run.extra.get("comparisons") or []:
+        if isinstance(doc, dict):
+            headers, rows = comparison_rows(doc)
+            title = f"Comparison: {doc.get('current_name', 'this run')} vs {doc.get('baseline_name', 'baseline')}"
+            out.append((title, head_lines(doc), headers, rows, tail_lines(doc)))
+    return out
+
+
+def _seconds(value: Any, scale: float) -> str:
+    return "-" if not isinstance(value, (int, float)) else f"{value * scale:.3g}"

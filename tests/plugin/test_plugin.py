@@ -157,7 +157,9 @@ def test_regression_gate_fails_the_session(pytester: pytest.Pytester, llm_fake_s
         def test_cell(llm_load):
             assert llm_load(users=8, prompt_tokens=31, max_tokens=20).ok
     """)
-    run(pytester, llm_fake_server, "--llm-save-baseline=base.json").assert_outcomes(passed=1)
+    # Two sessions: a baseline's sessions show how much a session differs from the next one.
+    for _ in range(2):
+        run(pytester, llm_fake_server, "--llm-save-baseline=base.json").assert_outcomes(passed=1)
     llm_fake_server.configure(itl_ms=8)  # 4x slower decoding: a real regression
     result = run(pytester, llm_fake_server, "--llm-baseline=base.json", "--llm-compare-fail=e2e_p50:10%")
     result.assert_outcomes(passed=1)

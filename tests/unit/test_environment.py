@@ -114,3 +114,42 @@ def test_revision_from_hub_cache_path():
     rev = "a" * 40
     assert revision_from_path(f"/h/models--org--m/snapshots/{rev}") == rev
     assert revision_from_path("/models/tiny") is None and revision_from_path(None) is None
+
+
+def test_weights_fingerprint_of_the_tiny_model_agrees_with_its_manifest(tmp_path: Path) -> None:
+    from pytest_llmload.observe.environment import weights_fingerprint
+    from pytest_llmload.server.tiny import MANIFEST, build_tiny_model
+
+    folder = build_tiny_model(tmp_path)
+    fp = weights_fingerprint(folder)
+    manifest = json.loads((folder / MANIFEST).read_text())["files"]
+    assert fp["complete"] and {k: v.removeprefix("sha256:") for k, v in fp["files"].items()} == manifest
+    assert re.fullmatch(r"[0-9a-f]{64}", fp["digest"]) and weights_fingerprint(folder)["digest"] == fp["digest"]
+    (folder / "model.safetensors").write_bytes(b"other weights")
+    assert weights_fingerprint(folder)["digest"] != fp["digest"]
+
+
+def test_weights_fingerprint_reads_hub_cache_blob_names_and_stops_at_its_budget(tmp_path: Path) -> None:
+    from pytest_llmload.observe.environment import weights_fingerprint
+
+    blobs, snapshot = tmp_path / "blobs", tmp_path / "snapshots" / ("a" * 40)
+    blobs.mkdir()
+    snapshot.mkdir(parents=True)
+    sha = "0123456789abcdef" * 4
+    (blobs / sha).write_bytes(b"x" * 10)
+    (snapshot / "model.safetensors").symlink_to(blobs / sha)
+    (snapshot / "config.json").write_text("{}")
+    fp = weights_fingerprint(snapshot)
+    assert fp["files"]["model.safetensors"] == f"sha256:{sha}"  # named by its hash: not read
+    ticks = iter(range(100))
+    slow = weights_fingerprint(snapshot, budget_s=0.5, clock=lambda: next(ticks))
+    assert slow["digest"] is None and "not hashed within 0.5 s" in slow["reason"]
+
+
+def test_server_flags_leave_out_what_differs_by_itself() -> None:
+    from pytest_llmload.observe.environment import server_flags
+
+    argv = ["/venv/bin/python", "-m", "vllm.entrypoints.cli.main", "serve", "/cache/tiny-1", "--served-model-name",
+            "tiny", "--port", "41234", "--dtype", "float32", "--port=5", "--max-num-seqs=4"]
+    assert server_flags(argv) == ["--served-model-name", "tiny", "--dtype", "float32", "--max-num-seqs=4"]
+    assert server_flags(None) is None and server_flags(["--x"]) == ["--x"]

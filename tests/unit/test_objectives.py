@@ -82,3 +82,18 @@ def test_an_invalid_cell_is_neither_a_pass_nor_a_miss() -> None:
         slo.check(bad)  # allowed: checked anyway, with a warning
     with observing(allow_invalid=True), pytest.warns(InvalidMeasurementWarning), pytest.raises(SLOViolation):
         SLO.from_kwargs({"e2e_p95_s": 0.001}, where="test").check(bad)
+
+
+def test_start_up_objectives_read_the_server_start_of_the_cell() -> None:
+    import dataclasses
+
+    c = dataclasses.replace(cell(), extra={"server_start": {"startup_s": 21.5, "first_ttft_s": 0.12}})
+    SLO.from_kwargs({"startup_s": 30, "first_ttft_ms": 150}, where="t").check(c)
+    with pytest.raises(SLOViolation, match=r"startup: observed 21.5 s, limit <= 20 s"):
+        c.assert_slo(startup_s=20)
+    with pytest.raises(SLOViolation, match=r"first_ttft: observed 120 ms, limit <= 100 ms"):
+        c.assert_slo(first_ttft_ms=100)
+    with pytest.raises(SLOViolation, match=r"startup: not measured \(only a server this session started"):
+        cell().assert_slo(startup_s=60)  # an attached server has no start-up time
+    with pytest.raises(ConfigError, match="unknown objective 'startup'"):
+        SLO.from_kwargs({"startup": 1}, where="t")

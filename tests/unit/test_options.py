@@ -71,3 +71,41 @@ def test_every_option_has_a_settings_field_and_help() -> None:
     fields = set(Settings.__dataclass_fields__)
     for dest, opt in OPTIONS_BY_DEST.items():
         assert dest[len("llm_"):] in fields and opt.help
+
+
+def test_repeats_default_to_three_when_comparing() -> None:
+    assert _settings().effective_repeats == 1
+    assert _settings(cli={"llm_save_baseline": "b.json"}).effective_repeats == 3
+    assert _settings(cli={"llm_baseline": "b.json"}).effective_repeats == 3
+    assert _settings(cli={"llm_candidate_server_arg": ("--max-num-seqs=4",)}).effective_repeats == 3
+    assert _settings(cli={"llm_baseline": "b.json", "llm_repeats": 5}).effective_repeats == 5
+    assert _settings(ini={"llm_repeats": "2"}).effective_repeats == 2
+    with pytest.raises(ConfigError, match=r"llm_repeats.*'0' must be 1"):
+        _settings(ini={"llm_repeats": "0"})
+    assert "Default: 3 when a baseline is saved" in OPTIONS_BY_DEST["llm_repeats"].help_text
+
+
+def test_candidate_settings_are_the_session_with_the_candidate_in_place() -> None:
+    s = _settings(cli={"llm_server_arg": ("--max-num-seqs=256",), "llm_candidate_server_arg": ("--max-num-seqs=4",),
+                       "llm_baseline": "b.json", "llm_compare_fail": ("e2e_p50:10%",), "llm_users": (8, 32)})
+    c = s.candidate_settings()
+    assert c.server_arg == ("--max-num-seqs=4",) and c.model == "tiny" and c.base_url is None
+    assert c.users == (8, 32) and c.effective_repeats == 3 and not c.has_candidate
+    assert (c.baseline, c.compare_fail, c.save_baseline) == (None, (), None)
+    assert c.report_dir == "llmload-report/candidate"
+    same_args = _settings(cli={"llm_server_arg": ("--x=1",), "llm_candidate_model": "mistral-7b"}).candidate_settings()
+    assert same_args.model == "mistral-7b" and same_args.server_arg == ("--x=1",)
+    attached = _settings(cli={"llm_candidate_base_url": "http://127.0.0.1:9000", "llm_candidate_model": "tiny"})
+    assert attached.candidate_settings().base_url == "http://127.0.0.1:9000"
+    assert attached.candidate_settings().served_model_name == "tiny"
+
+
+def test_candidate_and_gate_options_are_checked_together() -> None:
+    from pytest_llmload.session import check_settings
+
+    with pytest.raises(ConfigError, match="--llm-compare-fail needs something to compare against"):
+        check_settings(_settings(cli={"llm_compare_fail": ("e2e_p50:10%",)}))
+    check_settings(_settings(cli={"llm_compare_fail": ("e2e_p50:10%",), "llm_candidate_server_arg": ("--x",)}))
+    with pytest.raises(ConfigError, match="--llm-candidate-server-arg only applies"):
+        check_settings(_settings(cli={"llm_candidate_base_url": "http://127.0.0.1:9000",
+                                      "llm_candidate_server_arg": ("--x",)}))
