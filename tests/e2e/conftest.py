@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from pytest_llmload.server.launch import VLLMServer
+from pytest_llmload.server.placement import allowed_cpus, format_cpu_list, plan_cpu_placement
 
 
 def _vllm_problem() -> str | None:
@@ -33,14 +34,29 @@ def _vllm_installed() -> None:
                     "(or deselect them: -m 'not e2e')", pytrace=False)
 
 
+PLACEMENT = plan_cpu_placement(allowed_cpus())
+
+
 @pytest.fixture(scope="session")
 def tiny_server(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Iterator[VLLMServer]:
-    """A real vLLM serving the tiny model, shared by the e2e tests that only need a running server."""
+    """A real vLLM serving the tiny model, shared by the e2e tests that only need a running server.
+
+    It is placed the way the plugin places a server it starts (its whole tree off the last core), so that
+    a session attaching to it with `--llm-client-cpus` (`tiny_client_cpus`) measures without sharing a core
+    with it, as the plugin's own launch would.
+    """
     from pytest_llmload.server.presets import resolve_model
     from pytest_llmload.server.spec import ServerSpec
 
     choice = resolve_model("tiny", cache_dir)
     spec = ServerSpec(model=str(choice.model), served_model_name=choice.served_model_name,
-                      log_dir=tmp_path_factory.mktemp("tiny-server"), device="cpu", cache_dir=cache_dir)
+                      log_dir=tmp_path_factory.mktemp("tiny-server"), device="cpu", cache_dir=cache_dir,
+                      cpus=PLACEMENT.server_cpus, env=PLACEMENT.server_env())
     with VLLMServer(spec) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def tiny_client_cpus() -> str:
+    """`--llm-client-cpus=...` for a session attached to `tiny_server`: the cores the server was kept off."""
+    return f"--llm-client-cpus={format_cpu_list(PLACEMENT.client_cpus)}"

@@ -33,7 +33,7 @@ def run_token(monkeypatch: pytest.MonkeyPatch, processes_with_token: Callable[[s
     assert left == [], f"processes outlived the test: {left}"
 
 
-def test_matrix_against_the_shared_server(pytester: pytest.Pytester, tiny_server) -> None:
+def test_matrix_against_the_shared_server(pytester: pytest.Pytester, tiny_server, tiny_client_cpus: str) -> None:
     pytester.makepyfile("""
         import pytest
 
@@ -47,7 +47,7 @@ def test_matrix_against_the_shared_server(pytester: pytest.Pytester, tiny_server
         def test_declared():
             pass
     """)
-    result = pytester.runpytest_subprocess(f"--llm-base-url={tiny_server.base_url}", "--llm-users=1,4",
+    result = pytester.runpytest_subprocess(f"--llm-base-url={tiny_server.base_url}", tiny_client_cpus, "--llm-users=1,4",
                                            "--llm-prompt-tokens=31,296", "--llm-max-tokens=16",
                                            "-p", "no:cacheprovider", "--junitxml=junit.xml")
     result.assert_outcomes(passed=5)

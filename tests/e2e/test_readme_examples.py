@@ -54,13 +54,13 @@ def test_the_readme_has_examples() -> None:
 
 
 @pytest.mark.parametrize("index", range(len(blocks("python"))))
-def test_python_example_passes(pytester: pytest.Pytester, tiny_server, index: int) -> None:
+def test_python_example_passes(pytester: pytest.Pytester, tiny_server, tiny_client_cpus: str, index: int) -> None:
     body = blocks("python")[index]
     m = RUN_LINE.match(body.splitlines()[0])
     name, args = (m.group(1), shlex.split(m.group(2))) if m else (f"test_readme_{index}.py", [])
     (pytester.path / name).write_text(body)
     result = measured(lambda: pytester.runpytest_subprocess(
-        name, *args, f"--llm-base-url={tiny_server.base_url}", "-p", "no:cacheprovider", "-W", "error", "-rA",
+        name, *args, f"--llm-base-url={tiny_server.base_url}", tiny_client_cpus, "-p", "no:cacheprovider", "-W", "error", "-rA",
         timeout=900))
     outcomes = result.parseoutcomes()
     assert result.ret == pytest.ExitCode.OK and outcomes.get("passed", 0) > 0, result.stdout.str()
@@ -68,7 +68,8 @@ def test_python_example_passes(pytester: pytest.Pytester, tiny_server, index: in
 
 
 @pytest.mark.parametrize("index", range(len(blocks("toml"))))
-def test_objectives_file_example_gates_a_deployment(pytester: pytest.Pytester, tiny_server, index: int) -> None:
+def test_objectives_file_example_gates_a_deployment(pytester: pytest.Pytester, tiny_server, tiny_client_cpus: str,
+                                                    index: int) -> None:
     """No test file: the objectives file alone is the session, one item per objective."""
     body = blocks("toml")[index]
     m = SLO_LINE.match(body.splitlines()[0])
@@ -76,7 +77,7 @@ def test_objectives_file_example_gates_a_deployment(pytester: pytest.Pytester, t
     (pytester.path / m.group(1)).write_text(body)
     names = re.findall(r'^name = "(.*)"$', body, re.M)
     result = measured(lambda: pytester.runpytest_subprocess(
-        f"--llm-slo-file={m.group(1)}", f"--llm-base-url={tiny_server.base_url}", "-p", "no:cacheprovider", "-v",
+        f"--llm-slo-file={m.group(1)}", f"--llm-base-url={tiny_server.base_url}", tiny_client_cpus, "-p", "no:cacheprovider", "-v",
         "-rA", timeout=900))
     assert result.ret == pytest.ExitCode.OK, result.stdout.str()
     result.assert_outcomes(passed=len(names))
