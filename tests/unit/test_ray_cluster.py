@@ -2,8 +2,8 @@
 the fake server: one start for all (a wall-clock barrier), every request once, as accurate on the wire as
 one worker, the barrier skew and clock offsets reported; server death; the cluster's resources given back.
 
-Ray is the optional extra `ray`: without it these tests are skipped, except in CI (CI=true), which
-installs the extra and must run them.
+Ray is the optional extra `ray` (the `dev` extra includes it). As with a missing vLLM, a missing Ray
+fails these tests with the install command rather than skipping them silently.
 """
 
 from __future__ import annotations
@@ -25,7 +25,12 @@ from pytest_llmload.results import CellSpec
 from pytest_llmload.testing.fakeserver import FakeServer
 from wire import fake_server_process, gone, measure
 
-ray: Any = __import__("ray") if os.environ.get("CI") else pytest.importorskip("ray")
+try:
+    import ray as _ray
+except ImportError as exc:
+    pytest.fail(f"Ray is not installed ({exc}): pip install -e '.[dev]' (or '.[ray]'); or deselect this module",
+                pytrace=False)
+ray: Any = _ray
 
 
 @pytest.fixture(scope="session")
