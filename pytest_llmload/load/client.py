@@ -3,9 +3,10 @@
 Why not httpx or aiohttp: the benchmark (`benchmarks/README.md`) measured them against this client on
 one core at 1024 simultaneous streams; their per-chunk overhead (and httpx's default connection pool)
 shows up as latency that the server never had. Here every chunk is timestamped in `data_received`
-before anything else runs, and the common token chunk is recognised by a few byte searches instead of
+before anything else runs, and the common token chunk is recognised by a few byte compares instead of
 a full JSON decode; chunks that may carry `usage`, an error, a finish reason or a role are decoded in
-full, as is anything that does not look like a JSON object.
+full, as is anything that does not look like a JSON object. What a streamed event costs the client
+(one event per read, as servers send them) is measured by `benchmarks/bench_event_cost.py`.
 
 One connection per request (`Connection: close`): N simultaneous users are N connections, and the
 runner opens them all before it writes the first request (`StreamRequest.connect`, then `send`).
@@ -30,10 +31,15 @@ MAX_ERROR_BODY = 64 * 1024  # bytes of an error response we keep reading for the
 DETAIL_CHARS = 500
 
 # A payload that may carry usage, an error, the end or a role is decoded in full; the plain token chunk
-# (the other 99 %) is recognised by two regex searches. Unescaped `"key":` cannot occur inside a JSON
-# string (its quotes would be escaped), so these cannot be fooled by generated text.
+# (the other 99 %) is recognised by two regex searches, or, once a stream has sent one, by comparing
+# with it (`StreamProtocol._token_chunk`). Unescaped `"key":` cannot occur inside a JSON string (its
+# quotes would be escaped), so these cannot be fooled by generated text.
 _SPECIAL = re.compile(rb'"(?:usage"\s*:\s*\{|error"|finish_reason"\s*:\s*"|role"|object"\s*:\s*"error)')
 _CONTENT = re.compile(rb'"(?:text|content|reasoning_content|reasoning)"\s*:\s*"[^"]')
+# A byte that, between the template's head and tail, could end the JSON string or the SSE line.
+# (A search that finds nothing allocates nothing: cheaper than a fullmatch of the allowed bytes.)
+_NOT_TEXT = re.compile(rb'["\\\n]')
+_perf_counter = time.perf_counter  # one global lookup per read instead of two
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,57 +122,105 @@ class StreamProtocol(asyncio.Protocol):
         self._sse = b""  # body bytes not yet split into lines
         self._data: list[bytes] = []  # `data:` lines of the event being read
         self._err_body = bytearray()
+        # True while a 200 chunked body is between two chunks with nothing buffered: the next read
+        # may then go to `_fast_chunks`. Recomputed after every read the general parser handled.
+        self._between = False
+        # The last plain token chunk, cut around its text: (`data: {...,"text":"`, `",...}\n\n\r\n`).
+        self._tpl_head = b""
+        self._tpl_tail = b""
 
     # ---- asyncio callbacks ---------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
-        self.now = time.perf_counter()  # first thing: the arrival time is what we measure
+        self.now = _perf_counter()  # first thing: the arrival time is what we measure
+        if self._between:
+            self._fast_chunks(data)
+            return
         if self.end is not None:
             return
         if self.status is None:
             data = self._read_head(data)
             if not data:
+                self._settle()
                 return
-        if not self._chunked:
-            self._body(data)
-        elif self._need < 0 and not self._raw and not self._sse and not self._data:
-            self._fast_chunks(data)
-        else:
+        if self._chunked:
             self._dechunk(data)
+        else:
+            self._body(data)
+        self._settle()
+
+    def _settle(self) -> None:
+        """After the general parser: may the next read take the fast path?"""
+        self._between = (self.end is None and self.status == 200 and self._chunked and self._need < 0
+                         and not self._raw and not self._sse and not self._data)
 
     def _fast_chunks(self, data: bytes) -> None:
-        """The hot path: whole HTTP chunks that each hold one plain token event (vLLM sends exactly that).
+        """The hot path: whole HTTP chunks that each hold one plain token event (vLLM sends exactly that,
+        one chunk per write, so a read is usually exactly one such chunk).
 
         Anything else (a split chunk, [DONE], usage, several lines) goes, from that point on, to the
         general parser, which handles every case; this loop only saves its per-line function calls.
         """
-        pos, n, find = 0, len(data), data.find
+        pos, n, token_chunk = 0, len(data), self._token_chunk
         now, times = self.now, self.chunk_times
-        special, content = _SPECIAL.search, _CONTENT.search
         while pos < n:
-            eol = find(b"\r\n", pos)
-            if eol < 0 or eol - pos > 8:
+            end = token_chunk(data, pos)
+            if end < 0:
                 break
-            try:
-                size = int(data[pos:eol], 16)
-            except ValueError:
-                break
-            start = eol + 2
-            stop = start + size
-            if size < 9 or stop + 2 > n or data[start:start + 6] != b"data: " or data[stop - 2:stop + 2] != b"\n\n\r\n":
-                break
-            payload = data[start + 6:stop - 2]
-            if (b"\n" in payload or payload[:1] != b"{" or payload[-1:] != b"}" or special(payload) is not None
-                    or content(payload) is None):
-                break  # not a plain token chunk (same test as _is_plain_token, inlined: this is the hot loop)
             if self.first_token is None:
                 self.first_token = now
             times.append(now)
-            pos = stop + 2
+            pos = end
         if pos < n:
+            self._between = False
             self._dechunk(data[pos:] if pos else data)
+            self._settle()
+
+    def _token_chunk(self, data: bytes, pos: int) -> int:
+        """The end of the HTTP chunk at `pos` when it is whole and holds one plain token event, else -1.
+
+        Per stream, the chunks of a server differ only in the token text, so the last plain token chunk
+        is kept as a template cut around its text: a chunk that has its bytes before and after, and in
+        between only text without a quote, a backslash or a newline, has the same JSON structure (the
+        text cannot close its string), hence is a plain token chunk too: two byte compares and a search
+        of the few text bytes instead of two regex searches of the whole payload. Anything else is
+        checked by the regexes (`_plain_token_chunk`).
+        """
+        eol = data.find(b"\r\n", pos, pos + 10)
+        if eol <= pos:
+            return -1
+        try:
+            size = int(data[pos:eol], 16)
+        except ValueError:
+            return -1
+        start = eol + 2
+        end = start + size + 2  # the chunk's data, then its CRLF
+        if end > len(data):
+            return -1
+        head, tail = self._tpl_head, self._tpl_tail
+        text, text_end = start + len(head), end - len(tail)
+        if (head and text < text_end and data.startswith(head, start) and data.startswith(tail, text_end)
+                and _NOT_TEXT.search(data, text, text_end) is None):
+            return end
+        return end if self._plain_token_chunk(data, start, end) else -1
+
+    def _plain_token_chunk(self, data: bytes, start: int, end: int) -> bool:
+        """Is data[start:end] `data: {...}\n\n\r\n` with a plain token payload? (And keep it as the template.)"""
+        if end - start < 12 or not data.startswith(b"data: {", start) or not data.startswith(b"}\n\n\r\n", end - 5):
+            return False
+        p0, p1 = start + 6, end - 4  # the payload: from `{` to `}`
+        if data.find(b"\n", p0, p1) >= 0 or _SPECIAL.search(data, p0, p1) is not None:
+            return False
+        m = _CONTENT.search(data, p0, p1)
+        if m is None:
+            return False
+        text = m.end() - 1  # the first byte of the (non-empty) text
+        close = data.find(b'"', text, p1)
+        if close > text and data.find(b"\\", text, close) < 0:  # no escapes: `close` ends the string
+            self._tpl_head, self._tpl_tail = data[start:text], data[close:end]
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.now = time.perf_counter()
@@ -346,6 +400,7 @@ class StreamProtocol(asyncio.Protocol):
         self._close()
 
     def _close(self) -> None:
+        self._between = False
         self.end = self.now or time.perf_counter()
         if self.transport is not None:
             self.transport.close()

@@ -509,7 +509,7 @@ class _HTTPServerProtocol(asyncio.Protocol):
 
 def main(argv: list[str] | None = None) -> None:
     """Command line: serve until interrupted (or `--duration-s`)."""
-    ap = argparse.ArgumentParser(prog="python -m pytest_llmload.fakeserver", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m pytest_llmload.testing.fakeserver", description=__doc__.splitlines()[0])
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8000)
     ap.add_argument("--ttft-ms", type=float, default=100.0)

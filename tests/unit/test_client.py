@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from pytest_llmload.load import client
 from pytest_llmload.load.client import Endpoint, StreamProtocol, error_kind, http_request, request_body, stream_once
 from pytest_llmload.testing.fakeserver import FakeServer
 
@@ -213,3 +214,116 @@ def test_against_the_fake_server(llm_fake_server: FakeServer) -> None:
 def test_connection_refused_is_connect() -> None:
     rec = asyncio.run(stream_once("http://127.0.0.1:1", "m", "x", 5))
     assert rec.error == "connect"
+
+
+# ---- one event per read: the fast path (a server writes one chunk per token, so most reads are one) -----------
+def _one_per_read(*events: bytes) -> list[bytes]:
+    """The reads of a server that writes one HTTP chunk per event and a client that keeps up."""
+    return [HEAD] + [b"%x\r\n%s\r\n" % (len(e), e) for e in events] + [b"0\r\n\r\n"]
+
+
+def _clocked(loop: asyncio.AbstractEventLoop, monkeypatch: pytest.MonkeyPatch, pieces: list[bytes]) -> StreamProtocol:
+    """Feed `pieces` with a clock that reads 1.0, 2.0, ... at the n-th read: arrival times are read numbers."""
+    ticks = iter(float(i) for i in range(1, 100_000))
+    monkeypatch.setattr(client, "_perf_counter", lambda: next(ticks))
+    return feed(loop, pieces)
+
+
+TOKENS = [_tok(f" t{i}") for i in range(6)]
+ONE_PER_READ = [*TOKENS, _tok(" end", "length"), USAGE, DONE]
+
+
+def test_one_event_per_read_times_every_token_at_its_read(loop: asyncio.AbstractEventLoop,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    p = _clocked(loop, monkeypatch, _one_per_read(*ONE_PER_READ))
+    assert (p.error, p.prompt_tokens, p.output_tokens) == (None, 7, 3)
+    assert p.chunk_times == [2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]  # read 1 is the head; the finish chunk counts
+    assert p.first_token == 2.0 and p.end == 10.0  # [DONE] is read 10
+    assert p._tpl_head.startswith(b"data: {") and p._tpl_tail.endswith(b"}\n\n\r\n")  # the template was learned
+
+
+def test_chat_one_event_per_read(loop: asyncio.AbstractEventLoop, monkeypatch: pytest.MonkeyPatch) -> None:
+    events = [_chat({"role": "assistant", "content": ""}), *(_chat({"content": w}) for w in ("Hi", " there", "!")),
+              _chat({"content": ""}, "stop"), USAGE, DONE]
+    p = _clocked(loop, monkeypatch, _one_per_read(*events))
+    assert (p.error, p.chunk_times, p.first_token) == (None, [3.0, 4.0, 5.0], 3.0)  # the role chunk is not a token
+
+
+@pytest.mark.parametrize("cut", range(1, len(b"".join(_one_per_read(*ONE_PER_READ)[3:]))))
+def test_a_chunk_split_anywhere_after_fast_path_chunks(loop: asyncio.AbstractEventLoop, cut: int) -> None:
+    reads = _one_per_read(*ONE_PER_READ)
+    rest = b"".join(reads[3:])  # two token chunks went the fast way; the rest arrives in two reads
+    p = feed(loop, [*reads[:3], rest[:cut], rest[cut:]])
+    assert (p.error, len(p.chunk_times), p.prompt_tokens, p.output_tokens) == (None, 7, 7, 3)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_reads_of_whole_chunks_mixed_with_split_ones(loop: asyncio.AbstractEventLoop, seed: int) -> None:
+    rng = random.Random(seed)
+    reads, out = _one_per_read(*ONE_PER_READ), []
+    i = 0
+    while i < len(reads):  # one chunk, a few chunks together, or a chunk cut in two
+        k = rng.choice((1, 1, 2, 3))
+        group = b"".join(reads[i:i + k])
+        i += k
+        if rng.random() < 0.3 and len(group) > 1:
+            cut = rng.randrange(1, len(group))
+            out += [group[:cut], group[cut:]]
+        else:
+            out.append(group)
+    p = feed(loop, out)
+    assert (p.error, len(p.chunk_times), p.prompt_tokens, p.output_tokens) == (None, 7, 7, 3)
+
+
+def _like_template(text_json: str) -> bytes:
+    """A token chunk whose JSON-encoded text is `text_json`, placed where the template's text goes."""
+    return _tok("x").replace(b'"text": "x"', b'"text": "' + text_json.encode() + b'"')
+
+
+@pytest.mark.parametrize(("text_json", "tokens", "usage", "error"), [
+    # Escapes in the text: not the template way (a backslash could end the string), but still tokens.
+    ('a\\"b', 1, None, None),
+    ("line\\nbreak", 1, None, None),
+    ('ends with a backslash\\\\', 1, None, None),
+    ('\\"usage\\": {\\"prompt_tokens\\": 99}', 1, None, None),
+    # Bytes that would end the string and add keys: same head and tail as the template, other JSON.
+    ('a"}], "usage": {"prompt_tokens": 1, "completion_tokens": 2}, "x": [{"y": "z', 1, 1, None),
+    ('a"}], "error": {"message": "boom"}, "x": [{"y": "z', 0, None, "server_error_event"),
+    ("", 0, None, None),  # an empty text is not a token
+])
+def test_a_chunk_shaped_like_the_template_is_checked_in_full(loop: asyncio.AbstractEventLoop, text_json: str,
+                                                             tokens: int, usage: int | None,
+                                                             error: str | None) -> None:
+    odd = _like_template(text_json)
+    assert odd.startswith(_tok("x").split(b'"text": "')[0] + b'"text": "')  # the template's head, then the odd text
+    p = feed(loop, _one_per_read(_tok(" a"), _tok(" b"), odd)[:-1], eof=False)  # stop after the odd chunk
+    assert p.error == error, p.detail
+    if error is None:
+        assert (len(p.chunk_times), p.prompt_tokens) == (2 + tokens, usage)
+
+
+def test_a_raw_newline_in_the_text_is_not_a_token_chunk(loop: asyncio.AbstractEventLoop) -> None:
+    odd = _like_template("a\nb")  # not JSON: the SSE line ends at the newline
+    p = feed(loop, _one_per_read(_tok(" a"), _tok(" b"), odd, DONE))
+    assert (p.error, len(p.chunk_times)) == ("malformed_sse", 2)
+
+
+def test_an_error_status_with_a_chunked_sse_body_records_no_token(loop: asyncio.AbstractEventLoop) -> None:
+    head = b"HTTP/1.1 500 X\r\ntransfer-encoding: chunked\r\n\r\n"
+    p = feed(loop, [head, *_one_per_read(_tok(" a"), _tok(" b"))[1:]], eof=False)
+    assert (p.error, p.chunk_times, p.first_token) == ("http_5xx", [], None)
+
+
+def test_the_template_head_with_another_tail_is_checked_in_full(loop: asyncio.AbstractEventLoop) -> None:
+    head = _tok("x").split(b'"text": "')[0] + b'"text": "'  # as the template has it
+    odd = head + b'a long text without quotes, longer than the template tail"}], "error": {"message": "boom"}}\n\n'
+    p = feed(loop, _one_per_read(_tok(" a"), _tok(" b"), odd)[:-1], eof=False)
+    assert (p.error, len(p.chunk_times)) == ("server_error_event", 2)
+
+
+def test_a_read_after_the_request_ended_records_nothing(loop: asyncio.AbstractEventLoop) -> None:
+    reads = _one_per_read(*ONE_PER_READ)
+    p = feed(loop, reads[:3], eof=False)  # the head and two tokens, the fast way
+    p.fail("timeout", "no complete response in time")  # what StreamRequest.abort does
+    p.data_received(reads[3])
+    assert (p.error, len(p.chunk_times)) == ("timeout", 2)
