@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from pytest_llmload import metrics  # noqa: E402
+from pytest_llmload import metrics, vocabulary  # noqa: E402
 from pytest_llmload.testing.fakeserver import prompt_key  # noqa: E402
 from pytest_llmload.results import RequestRecord  # noqa: E402
 from pytest_llmload.load.runner import LoadRunner  # noqa: E402
@@ -92,7 +92,7 @@ def compare(records: Sequence[RequestRecord], prompts: Sequence[str], truth: lis
     pairs = [(r, t) for r, t in pairs if t["sends"] and t["done"]]
     stats = metrics.cell_stats(records)
     ms = lambda xs: sorted(x * 1000 for x in xs)  # noqa: E731
-    p = metrics.percentile
+    p = vocabulary.percentile
     lag_first = ms((t0 + r.first_token) - t["sends"][0] for r, t in pairs if r.first_token is not None)
     lag_end = ms((t0 + r.end) - t["done"] for r, t in pairs)
     lag_chunks = ms((t0 + c) - s for r, t in pairs if len(r.chunk_times) == len(t["sends"])
