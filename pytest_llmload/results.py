@@ -273,6 +273,12 @@ class RunResult:
                 return c
         raise KeyError(f"no cell users={users} prompt_tokens={prompt_tokens} in this run")
 
+    def repeats(self, users: int, prompt_tokens: int) -> list[CellResult]:
+        """Every measurement of the closed-loop cell, in the order measured, with the last one's max_tokens
+        (what `cell` returns is the last of them); empty if there is none."""
+        same = [c for c in self.cells if c.mode == "closed" and c.users == users and c.prompt_tokens == prompt_tokens]
+        return [c for c in same if c.max_tokens == same[-1].max_tokens] if same else []
+
     def matrix_axes(self) -> tuple[list[int], list[int]]:
         """Sorted distinct users and prompt sizes of the closed-loop cells."""
         closed = [c for c in self.cells if c.mode == "closed"]

@@ -8,7 +8,7 @@ converting latencies below a second to milliseconds where that reads better (TTF
 from __future__ import annotations
 
 import math
-
+import statistics
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,22 +32,33 @@ def matrix(run: RunResult, metric: str = "e2e", stat: str | None = "mean") -> Ma
     could not run), NaN = not measured (printed blank, so "-" keeps the study's meaning), INVALID = measured
     but not vouched for (`is_number` tells the values that can be used as numbers).
 
-    Only closed-loop cells form the matrix; the last measurement of a repeated cell wins.
+    Only closed-loop cells form the matrix. A cell measured several times (`--llm-repeats`) shows the
+    median of its valid repeats: the last one alone may be the repeat that was disturbed.
     """
     check_stat(metric_named(metric), stat)
     users, prompts = run.matrix_axes()
-    rows: list[list[float | None]] = []
-    for u in users:
-        row: list[float | None] = []
-        for p in prompts:
-            try:
-                cell = run.cell(u, p)
-            except KeyError:
-                row.append(NOT_MEASURED)
-                continue
-            row.append(cell.value(metric, stat) if cell.valid or not cell.ok else INVALID)
-        rows.append(row)
+    rows = [[_entry(run.repeats(u, p), metric, stat) for p in prompts] for u in users]
     return users, prompts, rows
+
+
+def _entry(repeats: Sequence[CellResult], metric: str, stat: str | None) -> float | None:
+    """One matrix entry from a cell's repeats: the median of the valid ones' values; INVALID when every
+    repeat that ran was invalid; None ("-") when none could run; NOT_MEASURED when there are none."""
+    if not repeats:
+        return NOT_MEASURED
+    ran = [c for c in repeats if c.ok]
+    if not ran:
+        return repeats[-1].value(metric, stat)  # None, after checking the metric's name
+    values = [v for v in (c.value(metric, stat) for c in ran if c.valid) if v is not None]
+    if values:
+        return statistics.median(values)
+    return INVALID if any(not c.valid for c in ran) else None
+
+
+def repeat_counts(run: RunResult) -> set[int]:
+    """How many times the matrix's cells were measured (e.g. {3}); titles say "median of N repeats"."""
+    users, prompts = run.matrix_axes()
+    return {len(run.repeats(u, p)) for u in users for p in prompts} - {0}
 
 
 def is_number(value: float | None) -> bool:
@@ -70,9 +81,13 @@ def model_name(environment: dict[str, Any]) -> str:
 
 
 def matrix_title(run: RunResult, metric: str, stat: str | None) -> str:
-    """E.g. 'Time to resolve (s), E2E mean — model X'."""
+    """E.g. 'Time to resolve (s), E2E mean — model X' (', median of 3 repeats' when cells were repeated)."""
     m = metric_named(metric)
     title = m.title if check_stat(m, stat) is None else f"{m.title} {stat}"
+    counts = repeat_counts(run)
+    if max(counts, default=1) > 1:
+        n = f"{min(counts)}-{max(counts)}" if len(counts) > 1 else str(max(counts))
+        title += f", median of {n} repeats"
     model = model_name(run.environment)
     return f"{title} — model {model}" if model else title
 

@@ -17,7 +17,7 @@ from pytest_llmload.report.csv_report import render_csv
 from pytest_llmload.report.markdown import render_markdown
 from pytest_llmload.report.table import matrix, render_matrix
 
-from factories import make_run
+from factories import make_run, repeat_cell, repeated_run
 
 
 # -------------------------------------------------------------------------------------------- tables
@@ -51,6 +51,27 @@ def test_render_other_metrics_units() -> None:
         render_matrix(run, "latency")
     with pytest.raises(ConfigError, match="unknown statistic 'p42'"):
         matrix(run, "e2e", "p42")
+
+
+def test_a_repeated_cell_shows_the_median_of_its_valid_repeats() -> None:
+    # (8, 31): three valid repeats; (8, 296): the last repeat disturbed (invalid) between two valid ones
+    run = repeated_run({(8, 31): [1.0, 3.0, 2.0], (8, 296): [1.0, 1.2, 9.0]}, invalid={(8, 296, 2): "stalled"})
+    _, _, rows = matrix(run, "e2e", "mean")
+    assert rows[0][0] == pytest.approx(sorted(c.e2e.mean for c in run.repeats(8, 31))[1])
+    valid_296 = [c.e2e.mean for c in run.repeats(8, 296) if c.valid]
+    assert len(valid_296) == 2 and rows[0][1] == pytest.approx(sum(valid_296) / 2)  # not the last, invalid one
+    assert render_matrix(run).splitlines()[0] == "Time to resolve (s), E2E mean, median of 3 repeats — model m"
+
+
+def test_a_repeated_cell_is_invalid_only_when_no_repeat_is_valid_and_failed_only_when_none_ran() -> None:
+    run = repeated_run({(8, 31): [1.0, 1.1]}, invalid={(8, 31, 0): "stalled", (8, 31, 1): "saturated"})
+    run.cells += [repeat_cell(8, 296, e2e=1.0, ok=False), repeat_cell(8, 296, e2e=1.0, ok=False)]
+    run.cells.append(repeat_cell(16, 31, e2e=1.0))  # measured once: no "median of" for it alone
+    _, _, rows = matrix(run, "e2e", "mean")
+    assert rows[0][0] == -math.inf and rows[0][1] is None  # invalid; "-"
+    assert rows[1][0] == pytest.approx(run.cell(16, 31).e2e.mean) and math.isnan(rows[1][1])
+    assert ", median of 1-2 repeats" in render_matrix(run).splitlines()[0]
+    assert "invalid" in render_matrix(run)
 
 
 # ------------------------------------------------------------------------------------------ llmload.json
