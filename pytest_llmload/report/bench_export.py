@@ -6,7 +6,10 @@ Opt-in: only when the user asks pytest-benchmark to keep or compare results (`--
 pytest-benchmark would print a second, wide table of every cell after this plugin's own matrices.
 
 Each closed-loop cell becomes one benchmark named ``llmload_e2e[users=U-prompt_tokens=P-max_tokens=M]``
-(open-loop cells ``[rate=R-...]``) in the group ``llmload e2e``, with one "round" per successful request.
+(open-loop cells ``[rate=R-...]``) in the group ``llmload e2e``, with one "round" per successful request
+of its valid repeats (`--llm-repeats`: pooled into the one entry). A repeat the tool could not vouch for
+(invalid) is left out, as it is everywhere a number is reported; a cell without a valid repeat has no
+entry.
 pytest-benchmark builds a `Metadata` from the fixture of a timed test; we build the same object from
 a small stand-in carrying the names, so its saving, comparing and tables treat our cells like any
 other benchmark. pytest_benchmark is imported lazily: this module must not pull in pytest.
@@ -17,6 +20,7 @@ from a `pytest_sessionfinish` hookwrapper marked `tryfirst=True`, before its `yi
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,31 +51,43 @@ def benchmark_param(cell: CellResult) -> str:
     return f"{head}-prompt_tokens={cell.prompt_tokens}-max_tokens={cell.max_tokens}"
 
 
-def _fixture(cell: CellResult, environment: dict[str, Any]) -> _CellFixture:
+def _fixture(cell: CellResult, environment: dict[str, Any], valid: list[CellResult], left_out: int) -> _CellFixture:
     param = benchmark_param(cell)
     params: dict[str, Any] = {"users": cell.users, "prompt_tokens": cell.prompt_tokens, "max_tokens": cell.max_tokens}
     if cell.mode == "open":
         params["rate"] = cell.rate
-    extra: dict[str, Any] = {"model": model_name(environment), "metric": "e2e_s"}
-    if cell.stats is not None:
-        extra.update(requests_failed=cell.stats.requests_failed, total_tokens_per_s=cell.stats.total_tokens_per_s)
+    stats = [c.stats for c in valid if c.stats is not None]
+    extra: dict[str, Any] = {"model": model_name(environment), "metric": "e2e_s", "repeats": len(valid),
+                             "invalid_repeats_left_out": left_out,
+                             "requests_failed": sum(st.requests_failed for st in stats),
+                             "total_tokens_per_s": statistics.median(st.total_tokens_per_s for st in stats)}
     name = f"{BENCH_PREFIX}[{param}]"
     # fullname is what --benchmark-compare matches saved runs on: stable across runs and test files.
     return _CellFixture(name=name, fullname=f"pytest-llmload::{name}", group=GROUP, param=param,
                         params=params, extra_info=extra)
 
 
+def _by_cell(run: RunResult) -> dict[str, list[CellResult]]:
+    """The run's cells grouped by their parameter id, in the order first measured."""
+    groups: dict[str, list[CellResult]] = {}
+    for cell in run.cells:
+        groups.setdefault(benchmark_param(cell), []).append(cell)
+    return groups
+
+
 def benchmark_entries(run: RunResult) -> list[Any]:
-    """One `pytest_benchmark.stats.Metadata` per cell with at least one successful request."""
+    """One `pytest_benchmark.stats.Metadata` per cell with at least one successful request in a valid repeat."""
     from pytest_benchmark.stats import Metadata  # lazily: pytest-benchmark imports pytest
 
     entries = []
-    for cell in run.cells:
-        samples = [r.e2e for r in cell.records if r.ok]
+    for repeats in _by_cell(run).values():
+        valid = [c for c in repeats if c.ok and c.valid]
+        samples = [r.e2e for c in valid for r in c.records if r.ok]
         if not samples:
-            continue  # a cell without data would make pytest-benchmark's statistics fail
-        meta = Metadata(_fixture(cell, run.environment), iterations=1,  # type: ignore[no-untyped-call]
-                        options={"source": "pytest-llmload", "metric": "e2e", "unit": "s"})
+            continue  # no number to give: pytest-benchmark's statistics would fail on an empty entry
+        left_out = sum(1 for c in repeats if c.ok and not c.valid)
+        meta = Metadata(_fixture(repeats[-1], run.environment, valid, left_out),  # type: ignore[no-untyped-call]
+                        iterations=1, options={"source": "pytest-llmload", "metric": "e2e", "unit": "s"})
         for s in samples:
             meta.update(s)  # type: ignore[no-untyped-call]
         entries.append(meta)

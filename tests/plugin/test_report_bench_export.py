@@ -8,7 +8,7 @@ import pytest
 
 from pytest_llmload.report.bench_export import benchmark_entries
 
-from factories import make_run
+from factories import make_run, repeated_run
 
 CONFTEST = """
 import pytest
@@ -40,6 +40,17 @@ def test_entries_carry_the_per_request_latencies() -> None:
     assert first["name"] == "llmload_e2e[users=1-prompt_tokens=31-max_tokens=100]"
     assert first["group"] == "llmload e2e" and first["params"]["users"] == 1
     assert first["stats"]["data"] == [r.e2e for r in run.cells[0].records]
+
+
+def test_repeats_are_pooled_into_one_entry_and_invalid_repeats_left_out() -> None:
+    run = repeated_run({(8, 31): [1.0, 1.1, 5.0], (16, 31): [2.0, 2.1]},
+                       invalid={(8, 31, 2): "stalled", (16, 31, 0): "saturated", (16, 31, 1): "saturated"})
+    (entry,) = [e.as_dict() for e in benchmark_entries(run)]  # (16, 31) has no valid repeat: no entry
+    valid = [c for c in run.repeats(8, 31) if c.valid]
+    assert entry["name"] == "llmload_e2e[users=8-prompt_tokens=31-max_tokens=100]"
+    assert entry["stats"]["data"] == [r.e2e for c in valid for r in c.records]  # 16 requests, not 24
+    assert entry["extra_info"]["repeats"] == 2 and entry["extra_info"]["invalid_repeats_left_out"] == 1
+    assert max(entry["stats"]["data"]) < 2  # nothing of the disturbed 5 s repeat
 
 
 @pytest.fixture
