@@ -19,7 +19,6 @@ import datetime as dt
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,7 @@ from pytest_llmload import metrics, vocabulary  # noqa: E402
 from pytest_llmload.testing.fakeserver import prompt_key  # noqa: E402
 from pytest_llmload.results import RequestRecord  # noqa: E402
 from pytest_llmload.load.runner import LoadRunner  # noqa: E402
+from common import free_port, http_json  # noqa: E402
 
 MODEL = "fake-model"
 TTFT_MS, ITL_MS, TOKENS, PROMPT_TOKENS = 100.0, 20.0, 100, 64
@@ -44,19 +44,6 @@ SERVER_CPU, CLIENT_CPU = 1, 0
 
 
 # ---- the fake server in its own process -------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def http_json(url: str, body: dict[str, Any] | None = None) -> Any:
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, headers={"content-type": "application/json"})
-    with urllib.request.urlopen(req, timeout=60) as r:
-        return json.loads(r.read() or b"null")
-
-
 def start_server(port: int) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "pytest_llmload.testing.fakeserver", "--port", str(port), "--ttft-ms", str(TTFT_MS),
            "--itl-ms", str(ITL_MS), "--cpu", str(SERVER_CPU), "--uvloop", "--max-model-len", "100000",

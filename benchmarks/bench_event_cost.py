@@ -61,9 +61,11 @@ import uvloop
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from pytest_llmload.load import client as client_after  # noqa: E402
 from pytest_llmload.testing import fakeserver  # noqa: E402
+from common import free_port  # noqa: E402
 
 MODEL = "fake-model"
 SERVER_CPU, CLIENT_CPU = 1, 0
@@ -202,12 +204,6 @@ class Servers:
         for proc, _ in self.procs.values():
             proc.terminate()
             proc.wait(10)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for_port(proc: subprocess.Popen[bytes], port: int, timeout_s: float = 30.0) -> None:

@@ -32,6 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common import write_results  # noqa: E402
 from pytest_llmload.load.runner import LoadRunner  # noqa: E402
 from pytest_llmload.observe.processes import ProcessCpuObserver  # noqa: E402
 from pytest_llmload.observe.server_metrics import ServerMetricsObserver  # noqa: E402
@@ -191,11 +192,7 @@ def main() -> None:
            "load_start": [round(x, 2) for x in load_start], "load_end": [round(x, 2) for x in os.getloadavg()],
            "users": args.users, "prompt_tokens": args.prompt_tokens, "max_tokens": args.max_tokens,
            "rounds": args.rounds, "summary": summarise(runs), "runs": runs}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(doc, indent=1) + "\n")
-    write_markdown(doc, out.with_suffix(".md"))
-    print(out.with_suffix(".md").read_text())
+    write_results(doc, args.out, write_markdown)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common import write_results  # noqa: E402
 from pytest_llmload.control import Control  # noqa: E402
 from pytest_llmload.observe.server_metrics import HISTOGRAMS, histogram, parse_prometheus  # noqa: E402
 from pytest_llmload.options import Settings  # noqa: E402
@@ -171,11 +172,7 @@ def main() -> None:
                    "vllm_version": server.version(), "placement": session.run.environment.get("placement", {}).get("note"),
                    "load_start": [round(x, 2) for x in load_start], "load_end": [round(x, 2) for x in os.getloadavg()],
                    "matrix": matrix, "side_by_side": pairs}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(doc, indent=1) + "\n")
-    write_markdown(doc, out.with_suffix(".md"))
-    print(out.with_suffix(".md").read_text())
+    write_results(doc, args.out, write_markdown)
 
 
 if __name__ == "__main__":
