@@ -2,7 +2,7 @@
 
 Data flow: options -> server/ (which model, launch or attach) -> load/ (prompts, client, runner) ->
 results + metrics (records -> statistics, named by vocabulary) -> observe/ (what the server and GPUs did)
--> gate/ (capacity, comparisons) + objectives -> report/ -> session/finish -> plugin.
+-> gate/ (capacity, comparisons) + objectives -> report/ -> session/ (sides, plan, fixtures, finish) -> plugin.
 The engine works without pytest:
 
     from pytest_llmload import LoadRunner, CellSpec

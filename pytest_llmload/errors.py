@@ -4,6 +4,9 @@
     ├── ConfigError                  a bad option, ini value, SLO key or config file (shown as a usage error)
     ├── ServerError                  the vLLM server we launched misbehaved
     │   └── ServerStartError         it exited or never became ready; carries the log tail
+    ├── SetupError                   the tool is set up so that it cannot measure (a fault of the session,
+    │   │                            never a failed cell of the server under test)
+    │   └── ServerStoppedError       a measurement asked of a server the session already stopped, or gone
     ├── InvalidMeasurement           an objective or gate was asked of a cell the client could not measure
     │                                truthfully (invalid cell): not a pass, not a miss; carries the reasons
     ├── ReportFileError              a report / baseline file is damaged, foreign or of another schema
@@ -40,6 +43,15 @@ class ServerError(LLMLoadError):
 
 class ServerStartError(ServerError):
     """The server exited during start-up or was not ready before the deadline."""
+
+
+class SetupError(LLMLoadError):
+    """The session is set up so that it cannot measure (its own fault, not the server's); says the fix."""
+
+
+class ServerStoppedError(SetupError):
+    """A measurement was asked of a server that is no longer up: stopped by the session, or gone before
+    the measurement started. Never recorded as a failed cell of the server under test."""
 
 
 class InvalidMeasurement(LLMLoadError):

@@ -1,14 +1,16 @@
 """The pytest11 entry point: options, ini, markers, fixtures and report hooks. Thin: it delegates to
-`session.LoadSession` (server, runner, reports), `measure` (checking objectives) and `finish`.
+the `session` package (`LoadSession`: sides, servers, plan, reports; `session.fixtures`: what tests hold
+and the objective checks; `session.finish`: the end of the session).
 
 Installed, the plugin is loaded into every pytest run of the environment, so it costs nothing where it
 is not used: the LoadSession is created by the first fixture, marker or objective that needs it, and
 the end of the session writes and prints nothing when no cell was measured.
 
 Fixtures, from the bottom up (each can be overridden in a user's conftest.py):
-    llm_settings   session   the resolved --llm-* options (options.Settings)
-    llm_session    session   the LoadSession: owns the server, the runner and the run
-    llm_server     session   the started vLLM (or the attached server): .base_url, .model, .log_path
+    llm_settings     session   the resolved --llm-* options (options.Settings)
+    llm_server_args  session   extra `vllm serve` arguments of A's server (default: --llm-server-arg)
+    llm_session      session   the LoadSession: owns the servers (until the session's very end) and the runs
+    llm_server       session   the started vLLM (or the attached server): .base_url, .model, .log_path
     llm_load       function  callable: llm_load(users=32, prompt_tokens=480) -> CellResult; .max_users(...)
     llm_matrix     session   the configured users x prompt-size matrix, measured once
     llm_cell       function  one cell of that matrix; a test that asks for it is parametrized over the matrix
@@ -20,6 +22,7 @@ one per objective, under a collector named after the file that declares them).
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
@@ -30,13 +33,13 @@ import pytest
 from . import objectives as slo_mod
 from .errors import ConfigError, InvalidMeasurement, InvalidMeasurementWarning, LLMLoadError, SLOViolation
 from .gate.capacity import Inconclusive
-from .measure import LoadFixture, Matrix, check_cells, check_objective
 from .options import OPTIONS, Settings
 from .results import CellResult
 from .session import LoadSession, check_settings
+from .session.fixtures import LoadFixture, Matrix, check_cells, check_objective
 
 if TYPE_CHECKING:
-    from .finish import FinishState  # noqa: F401 - named in the StashKey below
+    from .report.summary import Summary  # noqa: F401 - named in the StashKey below
     from .server import ServerHandle
 
 SESSION_KEY = pytest.StashKey[LoadSession]()
@@ -44,7 +47,7 @@ SETTINGS_KEY = pytest.StashKey[Settings]()
 SLOS_KEY = pytest.StashKey[dict[Path, list[slo_mod.SLO]]]()  # configured objectives by declaring file
 CELLS_KEY = pytest.StashKey[list[CellResult]]()  # the cells a test measured or read, for its llm_slo marker
 JUDGED_KEY = pytest.StashKey[set[int]]()  # id() of the cells an objective was checked against in the test
-FINISH_KEY = pytest.StashKey["FinishState"]()
+FINISH_KEY = pytest.StashKey["Summary"]()
 
 # A test that uses one of these (directly or through another fixture) is a load test.
 LOAD_FIXTURES = frozenset({"llm_session", "llm_slos"})
@@ -157,13 +160,15 @@ def _refuse_xdist(config: pytest.Config) -> None:
         raise pytest.UsageError(f"{given[0]}: " + XDIST_MESSAGE.format(how=how))
 
 
-def _load_session(config: pytest.Config) -> LoadSession:
-    """The session's LoadSession, created on first use (a run that loads nothing never makes one)."""
+def _load_session(config: pytest.Config, settings: Settings | None = None) -> LoadSession:
+    """The session's LoadSession, created on first use (a run that loads nothing never makes one), with
+    the fixtures' settings when a fixture creates it (a conftest override of `llm_settings` counts)."""
     session = config.stash.get(SESSION_KEY, None)
     if session is None:
         if hasattr(config, "workerinput"):
             pytest.fail(XDIST_MESSAGE.format(how=_xdist_workers(config)), pytrace=False)
-        session = config.stash[SESSION_KEY] = LoadSession(config.stash[SETTINGS_KEY], rootdir=config.rootpath)
+        session = config.stash[SESSION_KEY] = LoadSession(settings or config.stash[SETTINGS_KEY],
+                                                          rootdir=config.rootpath)
         session.progress_stream = _terminal_for_progress(config)
     return session
 
@@ -171,9 +176,10 @@ def _load_session(config: pytest.Config) -> LoadSession:
 def _terminal_for_progress(config: pytest.Config) -> Any:
     """The controlling terminal, when pytest writes to one: pytest captures stdout/stderr during tests,
     so the progress line goes around it. None (no progress) when output is not a terminal."""
-    reporter = config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is None or not reporter._tw.hasmarkup or config.option.capture == "no":
-        return None  # not a terminal (or --color=no); with -s stderr itself is the terminal
+    if config.pluginmanager.get_plugin("terminalreporter") is None or config.option.capture == "no":
+        return None  # no terminal output; with -s stderr itself is the terminal
+    if not config.get_terminal_writer().hasmarkup:
+        return None  # not a terminal (or --color=no)
     try:
         stream = open("/dev/tty", "w")  # noqa: SIM115 - closed with the session
     except OSError:
@@ -280,21 +286,32 @@ def llm_settings(pytestconfig: pytest.Config) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def llm_session(pytestconfig: pytest.Config) -> LoadSession:
-    """The session object behind every other fixture (server, runner, recorded run)."""
-    return _load_session(pytestconfig)
+def llm_server_args(llm_settings: Settings) -> list[str]:
+    """Extra `vllm serve` arguments of the server the session launches (A). Override it in a conftest.py
+    to set them in code; default: the --llm-server-arg values."""
+    return list(llm_settings.server_arg)
+
+
+@pytest.fixture(scope="session")
+def llm_session(pytestconfig: pytest.Config, llm_settings: Settings, llm_server_args: list[str]) -> LoadSession:
+    """The session object behind every other fixture (servers, runs). It owns the servers: they stay up
+    until the end of the pytest session, after the last repeat and the reports."""
+    settings = llm_settings
+    if tuple(llm_server_args) != settings.server_arg:
+        settings = dataclasses.replace(settings, server_arg=tuple(llm_server_args))
+    return _load_session(pytestconfig, settings)
 
 
 @pytest.fixture(scope="session")
 def llm_server(llm_session: LoadSession) -> Iterator[ServerHandle]:
     """The vLLM server for this session: started from --llm-model and the layout options, or attached
-    with --llm-base-url. Has `.base_url`, `.model` (the served name) and `.log_path`."""
+    with --llm-base-url. Has `.base_url`, `.model` (the served name) and `.log_path`. Its teardown stops
+    nothing: the session stops the server at its very end."""
     try:
-        server = llm_session.start_server()
+        with llm_session.serving() as server:
+            yield server
     except LLMLoadError as exc:
         pytest.fail(f"pytest-llmload could not start the server: {exc}", pytrace=False)
-    yield server
-    llm_session.close()
 
 
 @pytest.fixture
@@ -408,7 +425,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> Generator[
     hand the cells to pytest-benchmark before it saves its own file. Nothing when nothing was loaded."""
     load = session.config.stash.get(SESSION_KEY, None)
     if load is not None:
-        from .finish import finish_session
+        from .session.finish import finish_session
 
         load.run.interrupted = exitstatus == pytest.ExitCode.INTERRUPTED
         state = session.config.stash[FINISH_KEY] = finish_session(load, session.config)
@@ -425,9 +442,10 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     load = config.stash.get(SESSION_KEY, None)
     state = config.stash.get(FINISH_KEY, None)
     if load is not None and state is not None:
-        from .finish import terminal_summary
+        from .report.summary import summary_lines
 
-        terminal_summary(load, state, terminalreporter.write_line)
+        for line in summary_lines(state):
+            terminalreporter.write_line(line)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -46,6 +46,35 @@ class CellSpec:
     poisson: bool = True  # open loop: exponential inter-arrival times (else constant)
     seed: int = 0
 
+    @property
+    def key(self) -> CellKey:
+        """What makes two measurements repeats of one cell: the one key for plans, matrices and gates."""
+        return CellKey(self.mode, self.users, self.prompt_tokens, self.max_tokens, self.rounds, self.rate)
+
+    @property
+    def label(self) -> str:
+        """How reports and failure messages name the cell."""
+        return self.key.label
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class CellKey:
+    """The identity of a cell across repeats, sessions and sides (a baseline's cells match by it)."""
+
+    mode: str
+    users: int
+    prompt_tokens: int
+    max_tokens: int
+    rounds: int = 1
+    rate: float | None = None
+
+    @property
+    def label(self) -> str:
+        """`users=8 prompt_tokens=63 max_tokens=100` (and `rounds=3` when the cell has more than one)."""
+        head = f"rate={self.rate:g}/s" if self.mode == "open" and self.rate is not None else f"users={self.users}"
+        rounds = f" rounds={self.rounds}" if self.rounds != 1 else ""
+        return f"{head} prompt_tokens={self.prompt_tokens} max_tokens={self.max_tokens}{rounds}"
+
 
 @dataclass(frozen=True, slots=True)
 class RequestRecord:
@@ -154,6 +183,7 @@ class CellResult:
     invalid_reasons: tuple[str, ...] = ()
     t0_monotonic_ns: int | None = None
     t0_unix_ns: int | None = None
+    rounds: int = 1  # closed loop: requests each user sent one after another
 
     def __repr__(self) -> str:
         # Short, so that a failed plain `assert result.e2e.p95 < 20` names the cell instead of dumping records.
@@ -198,11 +228,14 @@ class CellResult:
         return value_of(self.stats, metric, stat)
 
     @property
+    def key(self) -> CellKey:
+        """The cell's identity: measurements with equal keys are repeats of one cell."""
+        return CellKey(self.mode, self.users, self.prompt_tokens, self.max_tokens, self.rounds, self.rate)
+
+    @property
     def label(self) -> str:
         """How reports and failure messages name the cell."""
-        if self.mode == "open":
-            return f"rate={self.rate:g}/s prompt_tokens={self.prompt_tokens} max_tokens={self.max_tokens}"
-        return f"users={self.users} prompt_tokens={self.prompt_tokens} max_tokens={self.max_tokens}"
+        return self.key.label
 
     def assert_slo(self, **limits: float) -> None:
         """Raise `SLOViolation` naming cell, metric, observed value and limit for every missed objective."""
@@ -215,6 +248,7 @@ class CellResult:
             "max_tokens": self.max_tokens,
             "mode": self.mode,
             "rate": self.rate,
+            "rounds": self.rounds,
             "ok": self.ok,
             "error": self.error,
             "valid": self.valid,
@@ -245,6 +279,7 @@ class CellResult:
             invalid_reasons=tuple(d.get("invalid_reasons") or ()),
             t0_monotonic_ns=d.get("t0_monotonic_ns"),
             t0_unix_ns=d.get("t0_unix_ns"),
+            rounds=int(d.get("rounds") or 1),
         )
 
 
@@ -274,10 +309,14 @@ class RunResult:
         raise KeyError(f"no cell users={users} prompt_tokens={prompt_tokens} in this run")
 
     def repeats(self, users: int, prompt_tokens: int) -> list[CellResult]:
-        """Every measurement of the closed-loop cell, in the order measured, with the last one's max_tokens
-        (what `cell` returns is the last of them); empty if there is none."""
+        """Every measurement of the closed-loop cell, in the order measured, with the last one's key (its
+        max_tokens and rounds; what `cell` returns is the last of them); empty if there is none."""
         same = [c for c in self.cells if c.mode == "closed" and c.users == users and c.prompt_tokens == prompt_tokens]
-        return [c for c in same if c.max_tokens == same[-1].max_tokens] if same else []
+        return [c for c in same if c.key == same[-1].key] if same else []
+
+    def repeats_of(self, key: CellKey) -> list[CellResult]:
+        """Every measurement of the cell with this key, in the order measured."""
+        return [c for c in self.cells if c.key == key]
 
     def matrix_axes(self) -> tuple[list[int], list[int]]:
         """Sorted distinct users and prompt sizes of the closed-loop cells."""

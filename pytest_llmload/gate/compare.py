@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import BaselineMismatchError
-from ..results import CellResult, RunResult
+from ..results import CellKey, CellResult, RunResult
 from ..vocabulary import METRICS, SCALARS, Gate, any_metric
 from .provenance import LAYOUT_KEYS, Difference, differences, layout
 from .stats import CONFIDENCE, MIN_REPEATS, ratio_interval, session_interval
@@ -446,15 +446,11 @@ class Comparison:
         }
 
 
-def _key(cell: CellResult) -> tuple[Any, ...]:
-    return (cell.mode, cell.users, cell.prompt_tokens, cell.max_tokens, cell.rate)
-
-
-def repeats_by_key(run: RunResult) -> dict[tuple[Any, ...], list[CellResult]]:
+def repeats_by_key(run: RunResult) -> dict[CellKey, list[CellResult]]:
     """Every measurement of each cell, in the order measured: the repeats of the cell."""
-    out: dict[tuple[Any, ...], list[CellResult]] = {}
+    out: dict[CellKey, list[CellResult]] = {}
     for c in run.cells:
-        out.setdefault(_key(c), []).append(c)
+        out.setdefault(c.key, []).append(c)
     return out
 
 

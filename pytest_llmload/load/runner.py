@@ -289,7 +289,8 @@ class LoadRunner:
         error = launched.died or _failure_cause(records)
         result = CellResult(users=spec.users, prompt_tokens=spec.prompt_tokens, max_tokens=spec.max_tokens,
                             ok=error is None, error=error, stats=stats, records=records, mode=spec.mode,
-                            rate=spec.rate, t0_monotonic_ns=round(ran.t0 * 1e9), t0_unix_ns=ran.t0_unix_ns)
+                            rate=spec.rate, rounds=spec.rounds, t0_monotonic_ns=round(ran.t0 * 1e9),
+                            t0_unix_ns=ran.t0_unix_ns)
         # Observers see the measured cell; their sections and the verdict on its validity complete it in
         # a new (frozen) CellResult.
         extra, observer_warnings = self._call_observers_after(result)
@@ -310,7 +311,7 @@ class LoadRunner:
     def _failed(self, spec: CellSpec, error: str, records: tuple[RequestRecord, ...] = ()) -> CellResult:
         return CellResult(users=spec.users, prompt_tokens=spec.prompt_tokens, max_tokens=spec.max_tokens,
                           ok=False, error=error, stats=cell_stats(records) if records else None,
-                          records=records, mode=spec.mode, rate=spec.rate)
+                          records=records, mode=spec.mode, rate=spec.rate, rounds=spec.rounds)
 
     def _death_cause(self) -> str | None:
         """The cell error once the server is dead (remembered: later cells fail fast with it)."""

@@ -61,6 +61,16 @@ def repeat_counts(run: RunResult) -> set[int]:
     return {len(run.repeats(u, p)) for u in users for p in prompts} - {0}
 
 
+def valid_counts(run: RunResult) -> set[int]:
+    """How many repeats of the matrix's measured cells ran and can be vouched for (ok and valid)."""
+    users, prompts = run.matrix_axes()
+    return {sum(c.ok and c.valid for c in rs) for u in users for p in prompts if (rs := run.repeats(u, p))}
+
+
+def _span(counts: set[int]) -> str:
+    return f"{min(counts)}-{max(counts)}" if len(counts) > 1 else str(max(counts))
+
+
 def is_number(value: float | None) -> bool:
     """Whether a matrix entry is a measurement (not "-", not blank, not invalid)."""
     return value is not None and math.isfinite(value)
@@ -84,10 +94,14 @@ def matrix_title(run: RunResult, metric: str, stat: str | None) -> str:
     """E.g. 'Time to resolve (s), E2E mean — model X' (', median of 3 repeats' when cells were repeated)."""
     m = metric_named(metric)
     title = m.title if check_stat(m, stat) is None else f"{m.title} {stat}"
-    counts = repeat_counts(run)
+    counts, valid = repeat_counts(run), valid_counts(run)
     if max(counts, default=1) > 1:
-        n = f"{min(counts)}-{max(counts)}" if len(counts) > 1 else str(max(counts))
-        title += f", median of {n} repeats"
+        # Counts are what was measured: a failed or invalid repeat is never counted in the median.
+        if valid == counts and len(counts) == 1:
+            title += f", median of {_span(counts)} repeats"
+        else:
+            noun = "repeat" if valid == {1} else "repeats"
+            title += f", median of {_span(valid)} valid {noun} of {_span(counts)}"
     model = model_name(run.environment)
     return f"{title} — model {model}" if model else title
 

@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 
 from factories import repeated_run
-from pytest_llmload.finish import finish_session, terminal_summary
+from pytest_llmload.report.summary import summary_lines
+from pytest_llmload.session.finish import finish_session
 from pytest_llmload.options import Settings
 from pytest_llmload.report.json_report import save_baseline
 from pytest_llmload.session import LoadSession
@@ -21,7 +22,7 @@ def _finished(tmp_path: Path, **settings: object) -> tuple[LoadSession, list[str
                             invalid={(32, 63, r): SPREAD for r in range(3)})
     state = finish_session(load)
     lines: list[str] = []
-    terminal_summary(load, state, lines.append)
+    lines += summary_lines(state)
     return load, lines, state
 
 
@@ -47,7 +48,7 @@ def test_a_baseline_with_an_invalid_cell_is_not_a_reference_and_fails_the_gate_a
     assert verdicts == {8: "inconclusive", 32: "invalid"}  # twice as slow at 32 users: no reference
     assert state.gate_failed and not state.comparisons[0].failed
     lines: list[str] = []
-    terminal_summary(load, state, lines.append)
+    lines += summary_lines(state)
     assert any("gate: this run vs the baseline" in line and "invalid measurement in the baseline" in line
                for line in lines)
     report = json.loads((tmp_path / "report" / "llmload.json").read_text())
@@ -62,7 +63,7 @@ def test_inconclusive_does_not_fail_unless_strict(tmp_path: Path) -> None:
         load.run = repeated_run({(8, 63): [0.83, 0.55, 0.66]}, seed=1)
         state = finish_session(load)
         lines: list[str] = []
-        terminal_summary(load, state, lines.append)
+        lines += summary_lines(state)
         assert state.gate_failed is strict
         assert any("1 gate verdict(s) inconclusive: not failing the session" in line for line in lines) is not strict
 

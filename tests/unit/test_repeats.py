@@ -4,9 +4,13 @@ stand-in returns synthetic cells; no server."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
+import pytest
 from factories import repeat_cell
+
+from pytest_llmload.errors import ServerStoppedError
 from pytest_llmload.options import Settings
 from pytest_llmload.results import CellResult, CellSpec
 from pytest_llmload.session import LoadSession
@@ -23,7 +27,21 @@ class ScriptedRunner:
         nth = self.seen[spec.users] = self.seen.get(spec.users, -1) + 1
         self.log.append((self.name, spec.users))
         bad = self.invalid(spec, nth)
-        return repeat_cell(spec.users, spec.prompt_tokens, e2e=0.5, valid=not bad, reasons=("stall",) if bad else ())
+        cell = repeat_cell(spec.users, spec.prompt_tokens, e2e=0.5, valid=not bad, reasons=("stall",) if bad else ())
+        return dataclasses.replace(cell, rounds=spec.rounds)
+
+
+class StubServer:
+    """A launched server that is up (`returncode()` None) until `exit_code` is set."""
+
+    def __init__(self) -> None:
+        self.exit_code: int | None = None
+
+    def returncode(self) -> int | None:
+        return self.exit_code
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "INFO: Shutting down"
 
 
 def _session(repeats: int, invalid: Callable[[CellSpec, int], bool] = lambda s, n: False,
@@ -32,12 +50,12 @@ def _session(repeats: int, invalid: Callable[[CellSpec, int], bool] = lambda s, 
     settings = Settings(users=(8, 32), prompt_tokens=(63,), repeats=repeats,
                         candidate_server_arg=("--max-num-seqs=4",) if candidate else ())
     load = LoadSession(settings)
-    load.write_reports = lambda formats=(): []  # type: ignore[method-assign]
     log: list[tuple[str, int]] = []
-    load._runner = ScriptedRunner("A", log, invalid)  # type: ignore[assignment]
-    if load.candidate is not None:
-        load.candidate.write_reports = load.write_reports  # type: ignore[method-assign]
-        load.candidate._runner = ScriptedRunner("B", log, b_invalid)  # type: ignore[assignment]
+    for side, invalid_of in ((load.a, invalid), (load.b, b_invalid)):
+        if side is not None:  # a side that is up, with a scripted runner in place of the server
+            side.write_reports = lambda formats=(): []  # type: ignore[method-assign]
+            side.server, side.state = StubServer(), "up"  # type: ignore[assignment]
+            side._runner = ScriptedRunner(side.name, log, invalid_of)  # type: ignore[assignment]
     return load, log
 
 
@@ -70,4 +88,31 @@ def test_tests_measure_once_and_the_rest_comes_after_in_ab_order() -> None:
     load.complete_repeats()
     # pass 2: cell 8 B first, cell 32 A first; then cell 8 once more, since B's first 8-user repeat was invalid
     assert log[4:] == [("B", 8), ("A", 8), ("A", 32), ("B", 32), ("A", 8), ("B", 8)]
-    assert len(load.run.cells) == 5 and len(load.candidate.run.cells) == 5  # type: ignore[union-attr]
+    assert len(load.run.cells) == 5 and len(load.b.run.cells) == 5  # type: ignore[union-attr]
+
+
+def test_a_closed_side_is_never_measured_and_says_so() -> None:
+    load, log = _session(3)
+    load.run_cell(8, 63)
+    load.close()
+    with pytest.raises(ServerStoppedError, match="side A: the session has closed its server"):
+        load.complete_repeats()
+    assert log == [("A", 8)] and len(load.run.cells) == 1  # nothing recorded as a failed cell
+
+
+def test_a_server_gone_before_a_measurement_is_an_error_of_the_session() -> None:
+    load, log = _session(1)
+    load.run_cell(8, 63)
+    load.a.server.exit_code = 0  # type: ignore[union-attr]
+    with pytest.raises(ServerStoppedError, match=r"exited \(code 0\) before this measurement started"):
+        load.run_cell(32, 63)
+    assert log == [("A", 8)] and [c.users for c in load.run.cells] == [8]
+
+
+def test_rounds_make_another_cell() -> None:
+    load, log = _session(2)
+    load.run_cell(4, 31, rounds=3)
+    load.run_cell(4, 31)
+    load.complete_repeats()
+    assert len(log) == 4 and {c.rounds for c in load.run.cells} == {1, 3}
+    assert [len(load.run.repeats_of(c.key)) for c in load.run.cells[:2]] == [2, 2]

@@ -20,7 +20,7 @@ import pytest
 from pytest_llmload.load.processes import ProcessBackend, auto_workers
 from pytest_llmload.load.runner import LoadRunner, make_backend
 from pytest_llmload.load.worker import InProcess
-from pytest_llmload.measure import LoadFixture
+from pytest_llmload.session.fixtures import LoadFixture
 from pytest_llmload.options import OPTIONS_BY_DEST, Settings, parse_load_cluster, parse_load_workers
 from pytest_llmload.results import CellSpec
 from pytest_llmload.server.placement import Placement
@@ -202,7 +202,7 @@ def test_auto_workers_are_the_clients_cores() -> None:
 
 
 def test_the_session_deals_workers_to_the_clients_cores(tmp_path: Path) -> None:
-    session = LoadSession(Settings(base_url="http://127.0.0.1:9", report_dir=str(tmp_path)), rootdir=tmp_path)
+    session = LoadSession(Settings(base_url="http://127.0.0.1:9", report_dir=str(tmp_path)), rootdir=tmp_path).a
     session.placement = Placement((4, 5, 6), (0, 1, 2, 3), policy="given")
     assert session._load_workers() == {"workers": 3, "worker_cpus": (4, 5, 6)}  # noqa: SLF001
     session.placement = None

@@ -16,11 +16,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .errors import SLOViolation
-from .gate.capacity import CapacityResult, Inconclusive, find_max_users
-from .objectives import SLO
-from .results import CellResult, RunResult
-from .session import LoadSession
+from ..errors import SLOViolation
+from ..gate.capacity import CapacityResult, Inconclusive, find_max_users
+from ..objectives import SLO
+from ..results import CellResult, RunResult
+from .core import LoadSession
 
 
 class LoadFixture:

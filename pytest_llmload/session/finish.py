@@ -1,0 +1,183 @@
+"""The end of a session: the remaining repeats, start samples, every report, baselines saved and
+compared, the A/B comparison; the outcome as a `report.summary.Summary`.
+
+Runs from `pytest_sessionfinish`, before the session closes its servers, also when the session failed
+or was interrupted, so partial results are always on disk. In order:
+
+1. repeats: every cell measured gets its remaining `--llm-repeats` (in passes over the cells; on every
+   side in an A/B session), on the servers the tests used, which are still up; with a gate on
+   `startup` / `first_ttft`, the launched servers are then stopped and started again until each has as
+   many starts (sides alternating);
+2. comparisons: this run against `--llm-baseline`, the candidate (B) against A;
+3. the baseline is saved: this session is added to a baseline of the same deployment (`gate/baseline.py`),
+   unless a gate failed; the terminal names every failed or invalid repeat it holds;
+4. reports (the comparisons go into `llmload.json` under `extra.comparisons`).
+
+`gate_failed` says whether the session must fail: a regression, an invalid measurement or a measurement
+that could not be made under a gate, or (with `--llm-compare-strict`) an inconclusive verdict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import LLMLoadError
+from ..report.summary import Summary
+from .core import LoadSession
+
+if TYPE_CHECKING:
+    from ..results import CellResult, RunResult
+    from ..vocabulary import Gate
+
+
+def finish_session(load: LoadSession, config: Any = None) -> Summary:
+    """Complete the repeats, save and compare, write reports; `gate_failed` says how the gates went."""
+    s = load.settings
+    state = Summary(sides=_headed_runs(load), metrics=tuple(s.report_metrics), report_dir=load.report_dir(),
+                    strict=s.compare_strict)
+    if not load.run.cells:
+        return state
+    gates = _gates(load)
+    gating = bool(gates) or s.baseline is not None or load.b is not None
+    if not load.run.interrupted:
+        # A repeat that could not be measured (a server gone) leaves a gate without its data: it fails it.
+        _guard(state, "measuring the remaining repeats", lambda: _complete_repeats(load, state), fails_gate=gating)
+    if any(g.run_level for g in gates) and not load.run.interrupted:
+        _guard(state, "measuring more server starts", lambda: load.sample_starts(s.effective_repeats),
+               fails_gate=True)
+    if (baseline := s.baseline) is not None:
+        _guard(state, "comparing with the baseline", lambda: _compare(load, state, baseline, gates), fails_gate=True)
+    if load.b is not None:
+        _guard(state, "comparing the candidate", lambda: _compare_candidate(load, state, gates), fails_gate=True)
+    # --llm-allow-invalid turns invalid measurements under a gate into warnings, as for objectives.
+    _judge(state, allow_invalid=s.allow_invalid)
+    if (save_to := s.save_baseline) is not None:  # after comparing: the same file may be both
+        _guard(state, "saving the baseline", lambda: _save_baseline(load, state, save_to))
+    load.run.extra["comparisons"] = [c.to_dict() for c in state.comparisons]
+    state.paths = load.write_reports()
+    state.problems += load.report_errors
+    if (reference := s.reference) is not None:
+        _guard(state, "reading the reference", lambda: _reference(load, state, reference))
+    if config is not None:  # only where the user asked pytest-benchmark to store or compare (bench_export)
+        _guard(state, "storing cells for pytest-benchmark", lambda: _bench_export(load, config))
+    return state
+
+
+def _headed_runs(load: LoadSession) -> list[tuple[str, RunResult]]:
+    if load.b is None:
+        return [("", load.run)]
+    return [("A (this session's server):", load.run), ("B (candidate):", load.b.run)]
+
+
+def _guard(state: Summary, what: str, action: Callable[[], None], *, fails_gate: bool = False) -> None:
+    """Run one end-of-session step; a problem is reported, and fails the session only where it is a gate."""
+    try:
+        action()
+    except (LLMLoadError, OSError) as exc:
+        state.problems.append(f"{what}: {exc}")
+        if fails_gate:
+            state.gate_problems.append(f"{what} failed: the gate cannot judge what was not measured")
+            state.gate_failed = True
+
+
+def _gates(load: LoadSession) -> list[Gate]:
+    from ..vocabulary import parse_gate
+
+    return [parse_gate(g) for g in load.settings.compare_fail]
+
+
+def _complete_repeats(load: LoadSession, state: Summary) -> None:
+    """The repeats the tests did not measure; Ctrl-C stops them and marks the run interrupted."""
+    try:
+        load.complete_repeats()
+    except KeyboardInterrupt:
+        load.run.interrupted = True
+        state.problems.append("interrupted while measuring the remaining repeats: the comparison uses what was "
+                              "measured")
+
+
+def _save_baseline(load: LoadSession, state: Summary, path: str) -> None:
+    """Add this session to the baseline at `path` (a new one, or one of the same deployment), unless a
+    gate failed: a session that regressed is no reference."""
+    from ..errors import ReportFileError
+    from ..gate.baseline import add_session
+    from ..report.json_report import load_baseline, save_baseline
+
+    if state.gate_failed:
+        state.warnings.append(f"the baseline {path} was not updated: the gate failed in this session")
+        return
+    try:
+        existing = load_baseline(path) if Path(path).exists() else None
+    except ReportFileError as exc:
+        existing = None
+        state.warnings.append(f"the baseline {path} could not be read and is started over: {exc.problem}")
+    baseline, note = add_session(existing, load.run)
+    save_baseline(baseline, path)
+    state.notes.append(f"baseline {path}: {note}")
+    state.warnings += _baseline_warnings(load.run.cells, path)
+    if load.settings.effective_repeats < 2:
+        state.warnings.append(f"the baseline {path} has one repeat per cell: verdicts against it will be "
+                              "inconclusive (one run cannot show the noise between runs; --llm-repeats 3)")
+
+
+def _baseline_warnings(cells: list[CellResult], path: str) -> list[str]:
+    """What the saved baseline holds that is no measurement: failed and invalid repeats, named."""
+    out = []
+    failed = [c for c in cells if not c.ok]
+    if failed:
+        named = "; ".join(f"{c.label}: {(c.error or 'no reason given').splitlines()[0]}" for c in failed[:6])
+        out.append(f"the baseline {path} holds {len(failed)} failed measurement(s) of {len(cells)}: {named}")
+    invalid = [c for c in cells if c.ok and not c.valid]
+    if invalid:
+        named = "; ".join(f"{c.label}: {', '.join(c.invalid_reasons) or 'no reason given'}" for c in invalid[:6])
+        out.append(f"the baseline {path} holds {len(invalid)} invalid measurement(s) of {len(cells)}, recorded "
+                   f"as invalid and never used as a reference: {named}")
+    return out
+
+
+def _compare(load: LoadSession, state: Summary, baseline_path: str, gates: list[Gate]) -> None:
+    from ..gate.compare import compare
+    from ..report.json_report import load_baseline
+
+    baseline = load_baseline(baseline_path)
+    state.comparisons.append(compare(load.run, baseline, gates, force=load.settings.compare_force,
+                                     baseline_name=f"the baseline {baseline_path}", current_name="this run"))
+
+
+def _compare_candidate(load: LoadSession, state: Summary, gates: list[Gate]) -> None:
+    from ..gate.compare import compare
+
+    assert load.b is not None
+    if not load.b.run.cells:
+        raise _NothingCompared("the candidate server measured no cell (see the problems above)")
+    state.comparisons.append(compare(load.b.run, load.run, gates, kind="candidate",
+                                     baseline_name="A", current_name="B (candidate)", sides=("in B", "in A")))
+
+
+class _NothingCompared(LLMLoadError):
+    """An A/B session whose candidate has nothing to compare."""
+
+
+def _judge(state: Summary, allow_invalid: bool = False) -> None:
+    """Whether the gates fail the session: regressions and invalid measurements; inconclusive when strict."""
+    for comparison in state.comparisons:
+        state.gate_problems += comparison.problems(state.strict, allow_invalid)
+        state.inconclusive += len(comparison.with_verdict("inconclusive"))
+        if allow_invalid:
+            state.warnings += [f"invalid measurement under a gate (allowed): {label}: {g.describe()}"
+                               for label, g in comparison.with_verdict("invalid")]
+    state.gate_failed = state.gate_failed or bool(state.gate_problems)
+
+
+def _reference(load: LoadSession, state: Summary, reference: str) -> None:
+    from ..report.reference import reference_from, render_ratio
+
+    state.reference_text = render_ratio(load.run, reference_from(reference))
+
+
+def _bench_export(load: LoadSession, config: Any) -> None:
+    from ..report.bench_export import add_cells_to_benchmark_session
+
+    add_cells_to_benchmark_session(config, load.run)
