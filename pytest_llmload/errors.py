@@ -13,10 +13,13 @@
     ├── ReportWriteError             some report formats could not be written (report/__init__.py)
     └── BaselineMismatchError        a comparison of runs of different models or layouts, not forced
     SLOViolation (AssertionError)    an objective was missed: which cell, which metric, observed vs limit
+    CellFailedError (LLMLoadError, AssertionError)
+                                     a cell a test asked for (`llm_load(...)`) could not run: the test fails
 
 SLOViolation subclasses AssertionError, not LLMLoadError, so pytest reports a missed objective as a
 test *failure* rather than an error. A server that dies while a cell runs is not an exception: the cell
-is recorded as failed with "server died (exit code ...)" and the log tail, and the run goes on.
+is recorded as failed with "server died (exit code ...)" and the log tail, and the run goes on; a test
+that asked for that cell through `llm_load` fails with CellFailedError (unless it passed allow_failed=True).
 """
 
 from __future__ import annotations
@@ -78,3 +81,8 @@ class BaselineMismatchError(LLMLoadError):
 
 class SLOViolation(AssertionError):
     """A service-level objective was missed; the message says cell, metric, observed value and limit."""
+
+
+class CellFailedError(LLMLoadError, AssertionError):
+    """A cell a test asked for could not run (the server failed it): the test fails, with the cause and the
+    server log tail. `llm_load(..., allow_failed=True)` hands the failed cell to the test instead."""

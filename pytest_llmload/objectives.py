@@ -25,7 +25,7 @@ import contextlib
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from .errors import ConfigError, InvalidMeasurement, InvalidMeasurementWarning, SLOViolation
@@ -207,6 +207,7 @@ class SLO:
     min_users: int | None = None
     source: str = ""  # where it was declared, for messages
     error_rate: Objective = field(default_factory=lambda: parse_objective(ERROR_RATE_KEY, 0, ""))
+    error_rate_given: bool = False  # error_rate_max was written (else the default: every request succeeds)
 
     @classmethod
     def from_kwargs(cls, kwargs: Mapping[str, Any], *, where: str) -> SLO:
@@ -227,7 +228,35 @@ class SLO:
             min_users=None if min_users is None else min(_int_set(min_users, "min_users", where) or {1}),
             source=where,
             error_rate=explicit_errors[0] if explicit_errors else parse_objective(ERROR_RATE_KEY, 0, where),
+            error_rate_given=bool(explicit_errors),
         )
+
+    @property
+    def start_objectives(self) -> tuple[Objective, ...]:
+        """The objectives on the server's start (`startup_s`, `first_ttft_ms`): judged once per start."""
+        return tuple(o for o in self.objectives if o.metric in RUN_METRICS)
+
+    def cell_part(self) -> SLO | None:
+        """This objective without its start objectives: what cells are judged on; None when it asks
+        nothing of a cell (a start-up objective alone measures no cell)."""
+        objectives = tuple(o for o in self.objectives if o.metric not in RUN_METRICS)
+        if not objectives and not self.error_rate_given and not self.min_users:
+            return None
+        return replace(self, objectives=objectives)
+
+    def start_misses(self, starts: Iterable[tuple[str, Mapping[str, Any]]]) -> list[str]:
+        """One line per missed start objective and start: `(name, start)` pairs, e.g. ("start 1 of A",
+        {"startup_s": 28.8, "health_s": 27.9, "first_ttft_s": 0.4})."""
+        lines = []
+        for name, start in starts:
+            for objective in self.start_objectives:
+                value = start.get(RUN_METRICS[objective.metric].key)
+                observed = None if value is None else float(value)
+                if not objective.met_by(observed):
+                    lines.append(f"{name}: {objective.metric}: observed {objective.show(observed)}, limit "
+                                 f"{'<=' if objective.upper else '>='} {objective.show(objective.limit)}"
+                                 f" ({start_phases(start)})")
+        return lines
 
     @property
     def all_objectives(self) -> tuple[Objective, ...]:
@@ -286,6 +315,19 @@ class SLO:
         if self.max_tokens is not None:
             where.append(f"max_tokens={self.max_tokens}")
         return f"{what} at {' '.join(where)}" if where else what
+
+
+def start_phases(start: Mapping[str, Any]) -> str:
+    """The phases of a start the session knows: process start -> /health -> /v1/models -> first token."""
+    def ms(key: str) -> float | None:
+        value = start.get(key)
+        return None if value is None else float(value)
+
+    health, ready, first = ms("health_s"), ms("startup_s"), ms("first_ttft_s")
+    parts = [f"process start -> /health {health:.2f} s" if health is not None else "process start",
+             f"-> /v1/models {ready:.2f} s" if ready is not None else "-> /v1/models n/a",
+             f"-> first token +{first * 1000:.0f} ms" if first is not None else "-> first token n/a"]
+    return " ".join(parts)
 
 
 def _miss_line(cell: Judged, objective: Objective, observed: float | None) -> str:

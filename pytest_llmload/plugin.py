@@ -36,7 +36,7 @@ from .gate.capacity import Inconclusive
 from .options import OPTIONS, Settings
 from .results import CellResult
 from .session import LoadSession, check_settings
-from .session.fixtures import LoadFixture, Matrix, check_cells, check_objective
+from .session.fixtures import LoadFixture, Matrix, check_objective
 
 if TYPE_CHECKING:
     from .report.summary import Summary  # noqa: F401 - named in the StashKey below
@@ -349,15 +349,12 @@ def llm_slos(pytestconfig: pytest.Config) -> list[slo_mod.SLO]:
 # --- checking objectives, reporting failures -------------------------------------------------------------
 def check_marker_slos(item: pytest.Item) -> None:
     """Check the item's llm_slo markers against the cells it measured, else against the cells they select
-    (measured for it), or, with `min_users`, as a capacity objective."""
+    (measured for it), or, with `min_users`, as a capacity objective; start objectives on the starts."""
     cells = item.stash.get(CELLS_KEY, [])
     for mark in item.iter_markers("llm_slo"):
         objective = slo_mod.SLO.from_kwargs(mark.kwargs, where=f"{item.nodeid}: @pytest.mark.llm_slo")
         measured = [c for c in cells if objective.applies_to(c)]
-        if measured and not objective.min_users:
-            check_cells(objective, measured)
-        else:
-            check_objective(_load_session(item.config), objective)
+        check_objective(_load_session(item.config), objective, measured or None)
 
 
 def _property_recorder(item: pytest.Item) -> Callable[[slo_mod.SLO, slo_mod.Judged], None]:

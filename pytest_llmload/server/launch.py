@@ -49,6 +49,8 @@ class VLLMServer:
         self.argv: list[str] = []
         self.log_path: Path | None = None
         self.startup_s: float | None = None  # launch to ready (/health and /v1/models), monotonic
+        self.health_s: float | None = None  # launch to the first healthy /health (a phase of startup_s)
+        self._started: float | None = None
         self._tree: ProcessTree | None = None
         self._tmpdir: Path | None = None
         self._log_dir: Path | None = None
@@ -101,7 +103,7 @@ class VLLMServer:
         if self._tree is not None:
             raise RuntimeError("a VLLMServer starts once; make a new one")
         self._check_before_launch()
-        started = time.monotonic()
+        started = self._started = time.monotonic()
         try:
             self._start_with_port_retries(started + self.spec.startup_timeout_s)
         except BaseException:
@@ -189,6 +191,8 @@ class VLLMServer:
         assert self._control is not None
         if not self._control.healthy():
             return False  # not listening yet, or busy loading
+        if self.health_s is None and self._started is not None:
+            self.health_s = time.monotonic() - self._started
         try:
             return self.model in self._control.models()
         except httpx.HTTPError:

@@ -16,10 +16,11 @@ from ..errors import ConfigError, LLMLoadError, ServerStartError
 from ..options import Settings
 from ..results import CellKey, CellResult, CellSpec, RunResult
 from . import plan
-from .side import Side
+from .side import STARTS_KEY, Side
 
 if TYPE_CHECKING:
     from ..server import ServerHandle
+    from ..server.presets import Preset
 
 
 class LoadSession:
@@ -44,6 +45,11 @@ class LoadSession:
     @run.setter
     def run(self, run: RunResult) -> None:
         self.a.run = run
+
+    @property
+    def preset(self) -> Preset | None:
+        """The preset behind A's server (None for a hub id, a folder without one, or an attached server)."""
+        return self.a.preset
 
     @property
     def progress_stream(self) -> TextIO | None:
@@ -156,6 +162,19 @@ class LoadSession:
         for done in range(plan.max_passes(s.effective_repeats)):
             self._measure_pass([spec.key for spec in specs], done)
         return self.run
+
+    def starts(self) -> list[tuple[str, dict[str, float | None]]]:
+        """Every start of a launched server the session recorded, named ("start 1 of A"); sides not yet
+        up are started (and their start recorded) first. Empty when every side is attached."""
+        out: list[tuple[str, dict[str, float | None]]] = []
+        for side in self.sides:
+            if not side.launched:
+                continue
+            if not side.run.extra.get(STARTS_KEY):
+                self._up(side).runner  # noqa: B018 - creating the runner records the start
+            named = side.name if self.b is not None else "the server"
+            out += [(f"start {i} of {named}", start) for i, start in enumerate(side.run.extra[STARTS_KEY], 1)]
+        return out
 
     def sample_starts(self, starts: int) -> None:
         """Each launched side started again until it has `starts` starts (sides alternating), after

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import SLOViolation
+from ..errors import CellFailedError, SLOViolation
 from ..gate.capacity import CapacityResult, Inconclusive, find_max_users
 from ..objectives import SLO
 from ..results import CellResult, RunResult
@@ -31,22 +31,26 @@ class LoadFixture:
         self._sink = sink
 
     def __call__(self, users: int, prompt_tokens: int, max_tokens: int | None = None,
-                 rounds: int | None = None) -> CellResult:
-        """Measure one closed-loop cell: `users` requests at once, each with a prompt of `prompt_tokens`."""
-        return self._kept(self._session.run_cell(users, prompt_tokens, max_tokens, rounds))
+                 rounds: int | None = None, *, allow_failed: bool = False) -> CellResult:
+        """Measure one closed-loop cell: `users` requests at once, each with a prompt of `prompt_tokens`.
+        A cell that could not run fails the test (CellFailedError, with the cause and the server log
+        tail) unless `allow_failed=True`: a load test whose load never ran does not pass."""
+        return self._kept(self._session.run_cell(users, prompt_tokens, max_tokens, rounds), allow_failed)
 
-    def cached(self, users: int, prompt_tokens: int, max_tokens: int | None = None) -> CellResult:
+    def cached(self, users: int, prompt_tokens: int, max_tokens: int | None = None, rounds: int | None = None,
+               *, allow_failed: bool = False) -> CellResult:
         """The cell from this session if it was already measured (e.g. by the matrix), else measure it."""
-        return self._kept(self._session.cached_cell(users, prompt_tokens, max_tokens))
+        return self._kept(self._session.cached_cell(users, prompt_tokens, max_tokens, rounds), allow_failed)
 
     def check(self, slo: SLO, cell: CellResult) -> None:
         """Check an objective against a cell (SLOViolation with cell, metric, observed vs limit)."""
         slo.check(cell)
 
     def open_loop(self, rate: float, duration_s: float, prompt_tokens: int, max_tokens: int | None = None,
-                  poisson: bool = True, seed: int = 0) -> CellResult:
+                  poisson: bool = True, seed: int = 0, *, allow_failed: bool = False) -> CellResult:
         """Send `rate` requests/s (Poisson or constant) for `duration_s` seconds."""
-        return self._kept(self._session.run_open_loop(rate, duration_s, prompt_tokens, max_tokens, poisson, seed))
+        cell = self._session.run_open_loop(rate, duration_s, prompt_tokens, max_tokens, poisson, seed)
+        return self._kept(cell, allow_failed)
 
     def max_users(self, slo: SLO | dict[str, Any] | None = None, *, prompt_tokens: int,
                   max_tokens: int | None = None, start: int = 1, limit: int = 128, margin: float = 0.05,
@@ -59,9 +63,20 @@ class LoadFixture:
         return find_max_users(lambda u: self._session.run_cell(u, prompt_tokens, max_tokens), slo,
                               prompt_tokens=prompt_tokens, start=start, limit=limit, margin=margin, repeats=repeats)
 
-    def _kept(self, cell: CellResult) -> CellResult:
+    def _kept(self, cell: CellResult, allow_failed: bool = True) -> CellResult:
         self._sink(cell)
+        if not cell.ok and not allow_failed:
+            raise CellFailedError(failed_message(cell, self._session.server_log_tail()))
         return cell
+
+
+def failed_message(cell: CellResult, log_tail: str = "") -> str:
+    """Why a cell a test asked for could not run, with the server log tail when it is not in the error."""
+    error = cell.error or "no reason recorded"
+    text = f"the cell {cell.label} could not run: {error}"
+    if log_tail and "last lines of the server log" not in error:
+        text += f"\n--- last lines of the server log ---\n{log_tail}"
+    return text + "\n(a test that expects this passes allow_failed=True and reads cell.ok)"
 
 
 class Matrix:
@@ -134,9 +149,42 @@ def check_capacity(session: LoadSession, slo: SLO) -> list[CapacityResult]:
     return results
 
 
-def check_objective(session: LoadSession, slo: SLO) -> None:
-    """Check one objective against the session: its cells, or its capacity at every prompt size it names."""
-    if slo.min_users:
-        check_capacity(session, slo)
-    else:
-        check_cells(slo, objective_cells(session, slo))
+def check_starts(session: LoadSession, slo: SLO) -> None:
+    """The start objectives of `slo` against every server start the session recorded (A, B, restarts),
+    once per start: one line per miss, naming the start and its phases. Measures no cell."""
+    starts = session.starts()
+    if not starts:
+        raise SLOViolation(f"{slo.title}: no server start to judge: the server was attached (--llm-base-url), "
+                           "and only a server this session starts has a start-up time")
+    misses = slo.start_misses(starts)
+    if misses:
+        raise SLOViolation("\n".join(misses))
+
+
+def check_objective(session: LoadSession, slo: SLO, cells: list[CellResult] | None = None) -> None:
+    """Check one objective against the session: its start part on the server's starts, its cell part on
+    `cells` (else the cells it selects, measured when needed) or, with `min_users`, as a capacity at every
+    prompt size it names. One SLOViolation keeping the starts and the cells apart."""
+    parts: list[tuple[str, Callable[[], object]]] = []
+    if slo.start_objectives:
+        parts.append(("server starts", lambda: check_starts(session, slo)))
+    cell_part = slo.cell_part()
+    if cell_part is not None and cell_part.min_users:
+        parts.append(("capacity", lambda: check_capacity(session, cell_part)))
+    elif cell_part is not None:
+        parts.append(("cells", lambda: check_cells(cell_part, cells or objective_cells(session, cell_part))))
+    _check_parts(parts)
+
+
+def _check_parts(parts: list[tuple[str, Callable[[], object]]]) -> None:
+    """Run every part (so every miss is reported); one SLOViolation, with headings when there are two."""
+    missed = []
+    for name, check in parts:
+        try:
+            check()
+        except SLOViolation as exc:
+            missed.append((name, str(exc)))
+    if len(missed) == 1 and len(parts) == 1:
+        raise SLOViolation(missed[0][1])
+    if missed:
+        raise SLOViolation("\n".join(f"{name}:\n{text}" for name, text in missed))

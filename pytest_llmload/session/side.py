@@ -182,7 +182,8 @@ class Side:
         kept in `run.extra["server_starts"]`: run-level metrics `startup` and `first_ttft`."""
         probe = runner.run_cell(PROBE)
         first = probe.records[0] if probe.ok and probe.records else None
-        start = {"startup_s": server.startup_s, "first_ttft_s": None if first is None else first.ttft}
+        start = {"startup_s": server.startup_s, "first_ttft_s": None if first is None else first.ttft,
+                 "health_s": getattr(server, "health_s", None)}  # launch -> /health, a phase of startup_s
         self.run.extra.setdefault(STARTS_KEY, []).append(start)
         return start
 

@@ -221,3 +221,22 @@ def test_open_loop_and_capacity_through_the_fixture(pytester: pytest.Pytester, l
             capacity.assert_at_least(16)
     """)
     run(pytester, llm_fake_server).assert_outcomes(passed=2)
+
+
+def test_a_load_test_whose_cell_could_not_run_fails_unless_it_expects_it(
+        pytester: pytest.Pytester, llm_fake_server: FakeServer) -> None:
+    """The server refuses every request (http_500): `llm_load(...)` fails its test with the cause; a test
+    that expects a failed cell says so with allow_failed=True and reads `.ok` itself."""
+    llm_fake_server.configure(fault="http_500")
+    pytester.makepyfile("""
+        def test_load(llm_load):
+            llm_load(users=2, prompt_tokens=31, max_tokens=3)
+
+        def test_expects_it(llm_load):
+            cell = llm_load(users=2, prompt_tokens=31, max_tokens=3, allow_failed=True)
+            assert not cell.ok and "http_5xx" in cell.error
+    """)
+    result = run(pytester, llm_fake_server)
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*CellFailedError: the cell users=2 prompt_tokens=31 max_tokens=3 could not run:*",
+                                 "*allow_failed=True*"])

@@ -97,3 +97,24 @@ def test_start_up_objectives_read_the_server_start_of_the_cell() -> None:
         cell().assert_slo(startup_s=60)  # an attached server has no start-up time
     with pytest.raises(ConfigError, match="unknown objective 'startup'"):
         SLO.from_kwargs({"startup": 1}, where="t")
+
+
+def test_a_start_objective_is_judged_per_start_and_its_cell_part_apart() -> None:
+    from pytest_llmload.objectives import SLO
+
+    mixed = SLO.from_kwargs({"users": 8, "startup_s": 5, "e2e_p95_s": 20}, where="deploy.toml")
+    assert [o.metric for o in mixed.start_objectives] == ["startup"]
+    cell_part = mixed.cell_part()
+    assert cell_part is not None and [o.metric for o in cell_part.objectives] == ["e2e"]
+    assert cell_part.users == frozenset({8})
+    alone = SLO.from_kwargs({"name": "starts fast", "startup_s": 5}, where="deploy.toml")
+    assert alone.cell_part() is None  # asks nothing of a cell: no cell is measured for it
+    assert SLO.from_kwargs({"startup_s": 5, "error_rate_max": 0}, where="x").cell_part() is not None
+    starts = [("start 1 of A", {"startup_s": 28.77, "health_s": 27.9, "first_ttft_s": 0.41}),
+              ("start 1 of B", {"startup_s": 4.2, "health_s": 4.0, "first_ttft_s": 0.3})]
+    (miss,) = alone.start_misses(starts)
+    assert miss == ("start 1 of A: startup: observed 28.77 s, limit <= 5 s (process start -> /health 27.90 s "
+                    "-> /v1/models 28.77 s -> first token +410 ms)")
+    first_ttft = SLO.from_kwargs({"first_ttft_ms": 100}, where="x")
+    assert [m.split(":")[0] for m in first_ttft.start_misses(starts)] == ["start 1 of A", "start 1 of B"]
+    assert "observed n/a" in alone.start_misses([("start 1 of the server", {"startup_s": None})])[0]
