@@ -196,6 +196,10 @@ class Settings:
     candidate_model: str | None = None
     candidate_server_arg: tuple[str, ...] = ()
     candidate_base_url: str | None = None
+    # A/B as an upgrade is judged: sides taking turns, warm servers, baselines of several starts
+    ab_mode: str = "auto"
+    warmup: str | None = None  # None: "cell" when gating (comparing, saving a baseline, a candidate), else "none"
+    baseline_starts: int = 1
 
     @classmethod
     def from_values(cls, cli: Callable[[str], Any], ini: Callable[[str], Any],
@@ -209,6 +213,16 @@ class Settings:
     def has_candidate(self) -> bool:
         """Whether a candidate server is defined (an A/B comparison in this session)."""
         return bool(self.candidate_model or self.candidate_server_arg or self.candidate_base_url)
+
+    @property
+    def gating(self) -> bool:
+        """Whether the session compares or saves (a baseline, or a candidate): verdicts need repeats."""
+        return bool(self.save_baseline or self.baseline or self.has_candidate)
+
+    @property
+    def effective_warmup(self) -> str:
+        """--llm-warmup, else `cell` when gating (a cold first cell is no repeat of a warm one), else `none`."""
+        return self.warmup or ("cell" if self.gating else "none")
 
     @property
     def effective_repeats(self) -> int:
@@ -234,6 +248,7 @@ class Settings:
             server_arg=self.candidate_server_arg or self.server_arg,
             report_dir=str(Path(self.report_dir) / CANDIDATE_REPORT_DIR),
             save_baseline=None, baseline=None, compare_fail=(), reference=None, repeats=self.effective_repeats,
+            warmup=self.effective_warmup, baseline_starts=1,
             candidate_model=None, candidate_server_arg=(), candidate_base_url=None,
         )
 
@@ -381,6 +396,18 @@ OPTIONS: tuple[Option, ...] = (
            str, "ARG", "append"),
     Option("candidate-base-url", "A/B in one session: attach to a running candidate server instead of "
            "starting one.", parse_base_url, "URL"),
+    Option("ab-mode", "A/B in one session: alternate (only one side's server runs at a time: stop A, start B, "
+           "cells measured in blocks per start, the sides' order alternating A B B A ...), together (both up at "
+           "once), or auto (alternate when both sides would share compute: the same GPUs, or on the CPU the same "
+           "cores; together when they share nothing or a side is attached). The report says which and why.",
+           parse_choice("auto", "alternate", "together"), "auto|alternate|together"),
+    Option("warmup", "After every start of a server, the first measurement of each cell is preceded by an "
+           "unrecorded run of the same cell (cell), or not (none). The cold run is reported as the cost of a "
+           "cold start, never mixed into the repeats.", parse_choice("none", "cell"), "none|cell",
+           shown_default="cell when comparing, saving a baseline or with a candidate, else none"),
+    Option("baseline-starts", "With --llm-save-baseline and a server the session starts: start it N times, "
+           "each start one session of the baseline (fresh placement, caches, compilation), so that the baseline "
+           "can judge from its first save.", parse_positive_int, "N"),
 )
 OPTIONS_BY_DEST = {o.dest: o for o in OPTIONS}
 

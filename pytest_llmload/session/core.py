@@ -32,6 +32,10 @@ class LoadSession:
         self.a = Side("A", settings, rootdir=rootdir)
         self.b = Side("B", settings.candidate_settings(), rootdir=rootdir) if settings.has_candidate else None
         self._specs: dict[CellKey, CellSpec] = {}  # every cell measured, in first-measured order
+        self._blocks = 0  # blocks measured so far when the sides take turns (the tests' own count as A's first)
+        self.ab_mode, self.ab_why = self._ab_mode()
+        if self.b is not None:
+            self.a.run.extra["ab_mode"] = {"mode": self.ab_mode, "why": self.ab_why}
 
     @property
     def sides(self) -> list[Side]:
@@ -77,24 +81,47 @@ class LoadSession:
             return self.a.server_log_tail(lines)
         return "\n".join(f"--- side {s.name} ---\n{t}" for s in self.sides if (t := s.server_log_tail(lines)))
 
+    def _ab_mode(self) -> tuple[str, str]:
+        """`alternate` or `together` (and why) for an A/B session; `single` without a candidate."""
+        if self.b is None:
+            return "single", "one side"
+        from ..server.spec import resolve_device
+
+        def compute(settings: Settings) -> frozenset[str] | None:
+            if settings.base_url:
+                return None
+            if resolve_device(settings.device) == "cpu":
+                return frozenset({"cpu"})  # B's server goes on the cores A's placement gave the server
+            return None if not settings.gpus else frozenset(settings.gpus.split(","))
+
+        return plan.choose_ab_mode(self.settings.ab_mode, [s.launched for s in self.sides],
+                                   [compute(s.settings) for s in self.sides])
+
     def _up(self, side: Side) -> Side:
-        """The side with its server started; B starts where A's placement put the server (A plans it
-        first, on the whole machine: after A moved our threads, B would see only the client's cores)."""
-        if side is self.b:
-            self.a.start()
-            try:
-                side.start(self.a.placement)
-            except LLMLoadError as exc:
-                raise ServerStartError(f"the candidate server (B) could not be started or reached: {exc}") from exc
-        else:
+        """The side with its server started. B's server goes where A's placement puts a server (planned
+        by A on the whole machine: once our threads moved to the client's cores, B would see only those).
+        When the sides take turns, the other side's server is stopped first."""
+        if self.ab_mode == "alternate":
+            for other in self.sides:
+                if other is not side and other.state == "up":
+                    other.stop()
+        if side is not self.b:
             side.start()
+            return side
+        try:
+            side.start(placement_from=self.a)
+        except LLMLoadError as exc:
+            raise ServerStartError(f"the candidate server (B) could not be started or reached: {exc}") from exc
         return side
 
     # --- measuring ---------------------------------------------------------------------------------
     def measure(self, spec: CellSpec) -> CellResult:
-        """One repeat of a cell on every side, in the plan's side order; returns A's cell."""
+        """One repeat of a cell on every side, in the plan's side order; returns A's cell. When the sides
+        take turns, only A measures now (a test waits for A's cell); B's cells come in blocks at the end."""
         key = spec.key
         self._specs.setdefault(key, spec)
+        if self.ab_mode == "alternate":
+            return self._up(self.a).measure(spec)
         order = plan.side_order(list(self._specs).index(key), len(self.a.run.repeats_of(key)),
                                 [s.name for s in self.sides])
         cells = {name: self._up(self._side(name)).measure(spec) for name in order}
@@ -133,11 +160,7 @@ class LoadSession:
         return self._up(self.a).warm_up(CellSpec(users=1, prompt_tokens=prompt_tokens, max_tokens=max_tokens))
 
     def _counts(self, key: CellKey) -> list[plan.Counts]:
-        def counts(side: Side) -> plan.Counts:
-            cells = side.run.repeats_of(key)
-            return plan.Counts(made=len(cells), results=sum(1 for c in cells if c.valid or not c.ok))
-
-        return [counts(s) for s in self.sides]
+        return [self._counts_on(s, key) for s in self.sides]
 
     def _measure_pass(self, keys: Sequence[CellKey], done: int) -> int:
         todo = plan.next_pass(keys, {k: self._counts(k) for k in keys}, done, self.settings.effective_repeats)
@@ -147,10 +170,34 @@ class LoadSession:
 
     def complete_repeats(self) -> int:
         """Measure every cell of the session until it has its repeats (see `plan`), in passes over the
-        cells in the order they were first measured. Returns the number of measurements made (each on
-        every side)."""
+        cells in the order they were first measured (in blocks per side when the sides take turns).
+        Returns the number of measurements made (each on every side, unless the sides take turns)."""
+        if self.ab_mode == "alternate":
+            return self._measure_blocks(list(self._specs))
         return sum(self._measure_pass(list(self._specs), done)
                    for done in range(1, plan.max_passes(self.settings.effective_repeats)))
+
+    def _measure_blocks(self, keys: Sequence[CellKey]) -> int:
+        """Sides taking turns: blocks A B B A ..., each one pass of a side over the cells it lacks, on its
+        server alone (the other one stopped). The tests' own measurements on A count as the first block."""
+        n, made = self.settings.effective_repeats, 0
+        if self._blocks == 0 and self.a.run.cells:
+            self._blocks = 1
+        for _ in range(plan.max_blocks(n)):
+            wanting = {s.name: [k for k in keys if plan.side_wants(self._counts_on(s, k), n)] for s in self.sides}
+            if not any(wanting.values()):
+                break
+            side = self._side(plan.block_side(self._blocks))
+            self._blocks += 1
+            for key in wanting[side.name]:
+                self._up(side).measure(self._specs[key])
+                made += 1
+        return made
+
+    @staticmethod
+    def _counts_on(side: Side, key: CellKey) -> plan.Counts:
+        cells = side.run.repeats_of(key)
+        return plan.Counts(made=len(cells), results=sum(1 for c in cells if c.valid or not c.ok))
 
     def matrix(self, users: Sequence[int] | None = None, prompt_tokens: Sequence[int] | None = None) -> RunResult:
         """Every cell of the users x prompt-size matrix, with all its repeats (in passes); cells already
@@ -159,9 +206,23 @@ class LoadSession:
         specs = [self.closed_spec(u, p) for p in prompt_tokens or s.prompt_tokens for u in users or s.users]
         for spec in specs:
             self._specs.setdefault(spec.key, spec)
+        if self.ab_mode == "alternate":
+            self._measure_blocks([spec.key for spec in specs])
+            return self.run
         for done in range(plan.max_passes(s.effective_repeats)):
             self._measure_pass([spec.key for spec in specs], done)
         return self.run
+
+    def measure_on_another_start(self) -> int:
+        """A's server stopped and started again (fresh placement, caches, compilation), and every cell
+        of the session measured again with all its repeats on that start (`--llm-baseline-starts`)."""
+        self.a.stop()
+        made = 0
+        for _ in range(self.settings.effective_repeats):
+            for spec in list(self._specs.values()):
+                self._up(self.a).measure(spec)
+                made += 1
+        return made
 
     def starts(self) -> list[tuple[str, dict[str, float | None]]]:
         """Every start of a launched server the session recorded, named ("start 1 of A"); sides not yet

@@ -44,6 +44,8 @@ def finish_session(load: LoadSession, config: Any = None) -> Summary:
     if not load.run.interrupted:
         # A repeat that could not be measured (a server gone) leaves a gate without its data: it fails it.
         _guard(state, "measuring the remaining repeats", lambda: _complete_repeats(load, state), fails_gate=gating)
+    if s.save_baseline is not None and s.baseline_starts > 1 and load.a.launched and not load.run.interrupted:
+        _guard(state, "measuring the baseline's other starts", lambda: _baseline_starts(load, s.baseline_starts))
     if any(g.run_level for g in gates) and not load.run.interrupted:
         _guard(state, "measuring more server starts", lambda: load.sample_starts(s.effective_repeats),
                fails_gate=True)
@@ -53,6 +55,10 @@ def finish_session(load: LoadSession, config: Any = None) -> Summary:
         _guard(state, "comparing the candidate", lambda: _compare_candidate(load, state, gates), fails_gate=True)
     # --llm-allow-invalid turns invalid measurements under a gate into warnings, as for objectives.
     _judge(state, allow_invalid=s.allow_invalid)
+    if load.b is not None:
+        state.notes.append(f"A/B: {'the sides took turns' if load.ab_mode == 'alternate' else 'both servers up at once'}"
+                           f" ({load.ab_mode}): {load.ab_why}")
+    state.notes += _cold_notes(load)
     if (save_to := s.save_baseline) is not None:  # after comparing: the same file may be both
         _guard(state, "saving the baseline", lambda: _save_baseline(load, state, save_to))
     load.run.extra["comparisons"] = [c.to_dict() for c in state.comparisons]
@@ -98,11 +104,46 @@ def _complete_repeats(load: LoadSession, state: Summary) -> None:
                               "measured")
 
 
+def _baseline_starts(load: LoadSession, starts: int) -> None:
+    """--llm-baseline-starts: A's server started again until it has `starts` starts, every cell measured
+    with all its repeats on each (each start becomes one session of the baseline)."""
+    while load.a.starts < starts:
+        load.measure_on_another_start()
+
+
+def _cold_notes(load: LoadSession) -> list[str]:
+    """The warm-up runs: the cost of a cold start, reported apart from the repeats."""
+    from .side import COLD_KEY
+
+    notes = []
+    for side in load.sides:
+        cold = side.run.extra.get(COLD_KEY) or []
+        if cold:
+            name = f"side {side.name}: " if load.b is not None else ""
+            notes.append(f"{name}{len(cold)} warm-up run(s) after the server's start(s), not in the repeats "
+                         f"(--llm-warmup; llmload.json extra.{COLD_KEY})")
+    return notes
+
+
+def _sessions_of_starts(run: RunResult) -> list[RunResult]:
+    """A run measured over several starts of its server, split into one run per start (a baseline's
+    sessions), each with its own start."""
+    from ..results import RunResult
+    from .side import START_INDEX, STARTS_KEY
+
+    indices = sorted({c.extra.get(START_INDEX, 0) for c in run.cells})
+    starts = run.extra.get(STARTS_KEY) or []
+    return [RunResult(environment=run.environment, cells=[c for c in run.cells if c.extra.get(START_INDEX, 0) == i],
+                      interrupted=run.interrupted,
+                      extra={**run.extra, STARTS_KEY: starts[i:i + 1] if i < len(starts) else []})
+            for i in indices]
+
+
 def _save_baseline(load: LoadSession, state: Summary, path: str) -> None:
     """Add this session to the baseline at `path` (a new one, or one of the same deployment), unless a
     gate failed: a session that regressed is no reference."""
     from ..errors import ReportFileError
-    from ..gate.baseline import add_session
+    from ..gate.baseline import add_session, session_count
     from ..report.json_report import load_baseline, save_baseline
 
     if state.gate_failed:
@@ -113,9 +154,16 @@ def _save_baseline(load: LoadSession, state: Summary, path: str) -> None:
     except ReportFileError as exc:
         existing = None
         state.warnings.append(f"the baseline {path} could not be read and is started over: {exc.problem}")
-    baseline, note = add_session(existing, load.run)
-    save_baseline(baseline, path)
-    state.notes.append(f"baseline {path}: {note}")
+    runs = _sessions_of_starts(load.run) if load.settings.baseline_starts > 1 else [load.run]
+    for run in runs:  # each start of the server one session of the baseline
+        existing, note = add_session(existing, run)
+    assert existing is not None
+    save_baseline(existing, path)
+    state.notes.append(f"baseline {path}: {note}" + (f" ({len(runs)} starts of the server)" if len(runs) > 1 else ""))
+    if session_count(existing) < 2:
+        state.warnings.append(f"the baseline {path} holds 1 session: verdicts against it cannot conclude (the spread "
+                              "between sessions is unknown). Save into it again from another session, or start the "
+                              "server several times now: --llm-baseline-starts 3")
     state.warnings += _baseline_warnings(load.run.cells, path)
     if load.settings.effective_repeats < 2:
         state.warnings.append(f"the baseline {path} has one repeat per cell: verdicts against it will be "
@@ -138,10 +186,15 @@ def _baseline_warnings(cells: list[CellResult], path: str) -> list[str]:
 
 
 def _compare(load: LoadSession, state: Summary, baseline_path: str, gates: list[Gate]) -> None:
+    from ..gate.baseline import session_count
     from ..gate.compare import compare
     from ..report.json_report import load_baseline
 
     baseline = load_baseline(baseline_path)
+    if session_count(baseline) < 2:
+        state.warnings.append(f"the baseline {baseline_path} holds 1 session: its verdicts cannot conclude (a "
+                              "session differs from the next by more than its repeats show). Add sessions to it "
+                              "(--llm-save-baseline into the same file) or save it with --llm-baseline-starts 3")
     state.comparisons.append(compare(load.run, baseline, gates, force=load.settings.compare_force,
                                      baseline_name=f"the baseline {baseline_path}", current_name="this run"))
 

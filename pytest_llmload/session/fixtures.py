@@ -166,13 +166,13 @@ def check_objective(session: LoadSession, slo: SLO, cells: list[CellResult] | No
     `cells` (else the cells it selects, measured when needed) or, with `min_users`, as a capacity at every
     prompt size it names. One SLOViolation keeping the starts and the cells apart."""
     parts: list[tuple[str, Callable[[], object]]] = []
-    if slo.start_objectives:
-        parts.append(("server starts", lambda: check_starts(session, slo)))
     cell_part = slo.cell_part()
     if cell_part is not None and cell_part.min_users:
         parts.append(("capacity", lambda: check_capacity(session, cell_part)))
     elif cell_part is not None:
         parts.append(("cells", lambda: check_cells(cell_part, cells or objective_cells(session, cell_part))))
+    if slo.start_objectives:  # after the cells: starting B (sides taking turns) then stops A only once
+        parts.append(("server starts", lambda: check_starts(session, slo)))
     _check_parts(parts)
 
 

@@ -12,6 +12,9 @@ is unit-tested with plain lists.
   drift of the machine over the session falls on both sides alike.
 - Start samples: with a gate on the server's start, each launched side is started again until it has
   `n` starts, the sides alternating.
+- Sides that take turns (`--llm-ab-mode alternate`): only one side's server runs at a time; cells are
+  measured in blocks, one pass over the cells per block, the sides' order A B B A A B ... from block to
+  block (a drift of the machine falls on both sides alike; consecutive blocks of a side share its start).
 """
 
 from __future__ import annotations
@@ -66,3 +69,47 @@ def start_samples(starts: int, sides: Sequence[str]) -> list[str]:
     for i in range(1, starts):
         order += list(sides) if i % 2 == 0 else list(reversed(sides))
     return order
+
+
+def side_wants(counts: Counts, repeats: int) -> bool:
+    """Whether one side still lacks repeats of a cell (sides taking turns count their own): fewer than
+    `repeats` measurements, or fewer than `repeats` results while under `2 * repeats` measurements."""
+    if counts.made < repeats:
+        return True
+    return 1 < repeats and counts.made < 2 * repeats and counts.results < repeats
+
+
+BLOCK_PATTERN = ("A", "B", "B", "A")
+
+
+def block_side(block: int) -> str:
+    """The side of block `block` (0-based) when sides take turns: A B B A, repeated."""
+    return BLOCK_PATTERN[block % len(BLOCK_PATTERN)]
+
+
+def max_blocks(repeats: int) -> int:
+    """A bound on the blocks of a session whose sides take turns: every side's `2 * repeats` passes."""
+    return 4 * max_passes(repeats) + 1
+
+
+def choose_ab_mode(asked: str, launched: Sequence[bool], devices: Sequence[frozenset[str] | None]) -> tuple[str, str]:
+    """(mode, why) for an A/B session. `launched`: whether each side's server is started by the session;
+    `devices`: what compute each side would use (GPU indices, or CPU cores as "cpuN"), None when unknown.
+    Sides that share compute take turns; an attached server cannot be stopped, so its side stays up."""
+    attached = [name for name, up in zip(("A", "B"), launched) if not up]
+    if attached:
+        why = f"side {' and '.join(attached)} is attached and cannot be stopped: both servers stay up"
+        if asked == "alternate" or _overlap(devices):
+            why += " although they may share compute (their numbers can disturb each other)"
+        return "together", why
+    if asked != "auto":
+        return asked, f"--llm-ab-mode {asked}"
+    if _overlap(devices):
+        return "alternate", "both servers would use the same compute, so only one runs at a time"
+    return "together", "the sides share no compute, so both stay up"
+
+
+def _overlap(devices: Sequence[frozenset[str] | None]) -> bool:
+    if len(devices) < 2 or devices[0] is None or devices[1] is None:
+        return True  # unknown: assume shared, the safe side
+    return bool(devices[0] & devices[1])

@@ -25,10 +25,12 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from ..errors import ConfigError, LLMLoadError, ServerStoppedError
 from ..options import Settings
-from ..results import CellResult, CellSpec, RunResult
+from ..results import CellKey, CellResult, CellSpec, RunResult
 from ..vocabulary import SERVER_START
 
 STARTS_KEY = "server_starts"  # RunResult.extra: one {"startup_s", "first_ttft_s"} per start of the server
+COLD_KEY = "cold_cells"  # RunResult.extra: the unrecorded warm-up run of each cell after each start
+START_INDEX = "start_index"  # a cell's extra: which start of its server it was measured on (0-based)
 PROBE = CellSpec(users=1, prompt_tokens=31, max_tokens=8)  # the first request after ready (not recorded)
 
 if TYPE_CHECKING:
@@ -67,6 +69,9 @@ class Side:
         self._start_error: LLMLoadError | None = None
         self._server_start: dict[str, float | None] | None = None  # this start, for each cell's extra
         self._last_log_tail = ""  # a launched server's log, kept when it is stopped (failures quote it)
+        self._planned = False  # whether `placement` was planned (None is a plan too: not pinned)
+        self.starts = 0  # how many times this side's server was started (or attached)
+        self._warmed: set[CellKey] = set()  # cells run once unrecorded since the last start
 
     @property
     def launched(self) -> bool:
@@ -79,9 +84,16 @@ class Side:
         return None if self.model_choice is None else self.model_choice.preset
 
     # --- lifecycle ---------------------------------------------------------------------------------
-    def start(self, placement: Placement | None = None) -> ServerHandle:
-        """Start vLLM (or attach) if it is not up; `placement` reuses another side's plan (the client's
-        threads have moved already, so this side would no longer see the whole machine)."""
+    def planned_placement(self) -> Placement | None:
+        """Where the client and a launched server run, planned once on the whole machine (before any
+        side moved our threads); None leaves both where the OS puts them."""
+        if not self._planned:
+            self.placement, self._planned = self._plan_placement(), True
+        return self.placement
+
+    def start(self, placement_from: Side | None = None) -> ServerHandle:
+        """Start vLLM (or attach) if it is not up, placed by this side's plan, or by `placement_from`'s
+        (B's server goes where A's plan puts a server: only one of them is under load at a time)."""
         if self.state == "closed":
             raise ServerStoppedError(f"side {self.name}: the session has closed its server; nothing more can be "
                                      "measured on it")
@@ -89,13 +101,15 @@ class Side:
             raise self._start_error  # a server that failed to start is not started again for every test
         if self.server is None:
             try:
-                self.placement = placement if placement is not None else self._plan_placement()
+                self.placement = (placement_from or self).planned_placement()
                 self.server = self._stack.enter_context(self._server_context())
             except LLMLoadError as exc:
                 self._start_error = exc
                 self._stack.close()
                 raise
             self.state = "up"
+            self.starts += 1
+            self._warmed = set()
             self.placement_report = self._place_client(self.server)
             if not self.run.environment:
                 self.run.environment = self._environment(self.server)
@@ -139,10 +153,22 @@ class Side:
 
     def measure(self, spec: CellSpec) -> CellResult:
         """Measure one repeat of a cell on this side and record it. ServerStoppedError when the server is
-        not up: a measurement is never attempted on a server that is gone."""
+        not up: a measurement is never attempted on a server that is gone. With --llm-warmup cell, the
+        first measurement of each cell after a start is preceded by an unrecorded run of the same cell."""
         runner = self.runner
         self._check_alive()
+        if self.settings.effective_warmup == "cell" and spec.key not in self._warmed:
+            self._keep_cold(runner.run_cell(spec))
+            self._warmed.add(spec.key)
+            self._check_alive()
         return self.record(runner.run_cell(spec))
+
+    def _keep_cold(self, cell: CellResult) -> None:
+        """The warm-up run, kept as the cost of a cold start (a summary, never a repeat of the cell)."""
+        e2e, ttft = cell.value("e2e", "p50"), cell.value("ttft", "p50")
+        self.run.extra.setdefault(COLD_KEY, []).append({
+            "cell": cell.label, "start_index": self.starts - 1, "ok": cell.ok, "valid": cell.valid,
+            "e2e_p50_s": e2e, "ttft_p50_s": ttft, "error": None if cell.ok else (cell.error or "").splitlines()[0]})
 
     def warm_up(self, spec: CellSpec) -> CellResult:
         """Run a cell without recording it (caches and code paths loaded before a measurement)."""
@@ -159,8 +185,10 @@ class Side:
     def record(self, cell: CellResult) -> CellResult:
         """Keep a cell in the run and update the partial reports, so nothing is lost if the session dies.
         The cell carries its server's start (`extra["server_start"]`) for run-level objectives."""
+        extra = {**cell.extra, START_INDEX: self.starts - 1}
         if self._server_start is not None:
-            cell = dataclasses.replace(cell, extra={**cell.extra, SERVER_START: self._server_start})
+            extra[SERVER_START] = self._server_start
+        cell = dataclasses.replace(cell, extra=extra)
         self.run.cells.append(cell)
         self.write_reports(formats=("json", "csv"))
         return cell
@@ -170,7 +198,7 @@ class Side:
         sample for a gate on `startup` / `first_ttft`. None when attached."""
         if not self.launched:
             return None
-        self.start(self.placement)
+        self.start()
         try:
             self.runner  # noqa: B018 - creating the runner records the start
             return self._server_start
@@ -282,7 +310,7 @@ class Side:
     def _make_runner(self) -> LoadRunner:
         from ..load.runner import LoadRunner
 
-        server = self.start(self.placement)
+        server = self.start()
         s = self.settings
         return LoadRunner(
             server.base_url, server.model, api_key=server.api_key or s.api_key, api=s.api,

@@ -3,6 +3,7 @@ the session, and the summary lines users read."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -31,7 +32,8 @@ def test_saving_a_baseline_with_invalid_cells_warns_and_records_them(tmp_path: P
     base = json.loads((tmp_path / "base.json").read_text())
     assert [c["valid"] for c in base["cells"]] == [True, False] * 3
     assert base["cells"][1]["invalid_reasons"] == [SPREAD]
-    (warning,) = [line for line in lines if "WARNING" in line]
+    (warning,) = [line for line in lines if "WARNING" in line and "invalid measurement" in line]
+    assert any("holds 1 session: verdicts against it cannot conclude" in line for line in lines)
     assert "holds 3 invalid measurement(s) of 6" in warning and "never used as a reference" in warning
     assert "users=32 prompt_tokens=63 max_tokens=100: start spread 1.67 s" in warning
     assert not state.gate_failed  # type: ignore[attr-defined]
@@ -91,3 +93,24 @@ def test_the_same_file_is_compared_with_then_grows_by_this_session(tmp_path: Pat
     assert state.gate_failed and state.comparisons[0].cells[0].verdict == "regression"
     assert session_count(load_baseline(path)) == 3
     assert any("was not updated: the gate failed" in w for w in state.warnings)
+
+
+def test_a_baseline_of_several_starts_is_one_session_per_start(tmp_path: Path) -> None:
+    """--llm-baseline-starts: the cells measured on each start of the server become one session each."""
+    from pytest_llmload.gate.baseline import session_count
+    from pytest_llmload.report.json_report import load_baseline
+    from pytest_llmload.session.side import START_INDEX, STARTS_KEY
+
+    load = LoadSession(Settings(report_dir=str(tmp_path / "report"), save_baseline=str(tmp_path / "base.json"),
+                                baseline_starts=2), rootdir=tmp_path)
+    run = repeated_run({(8, 63): [0.60, 0.62, 0.61, 0.63, 0.60, 0.61]})
+    run.cells = [dataclasses.replace(c, extra={**c.extra, START_INDEX: i // 3}) for i, c in enumerate(run.cells)]
+    run.extra[STARTS_KEY] = [{"startup_s": 30.0}, {"startup_s": 31.0}]
+    load.run = run
+    load.a.starts = 2  # both starts were made (no server here)
+    state = finish_session(load)
+    base = load_baseline(str(tmp_path / "base.json"))
+    assert session_count(base) == 2 and len(base.cells) == 6
+    assert [s["startup_s"] for s in base.extra[STARTS_KEY]] == [30.0, 31.0]
+    assert any("2 starts of the server" in note for note in state.notes)
+    assert not any("holds 1 session" in w for w in state.warnings)

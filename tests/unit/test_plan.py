@@ -42,3 +42,23 @@ def test_sides_alternate_by_cell_and_repeat() -> None:
 def test_start_samples_bring_every_launched_side_to_its_starts_alternating() -> None:
     assert start_samples(3, ["A", "B"]) == ["B", "A", "A", "B"]
     assert start_samples(1, ["A", "B"]) == [] and start_samples(3, ["A"]) == ["A", "A"]
+
+
+def test_sides_taking_turns_go_a_b_b_a() -> None:
+    from pytest_llmload.session.plan import block_side, side_wants
+
+    assert "".join(block_side(i) for i in range(8)) == "ABBAABBA"
+    assert side_wants(Counts(made=2, results=2), 3) and not side_wants(Counts(made=3, results=3), 3)
+    assert side_wants(Counts(made=3, results=2), 3) and not side_wants(Counts(made=6, results=2), 3)
+
+
+def test_the_ab_mode_follows_the_compute_the_sides_share() -> None:
+    from pytest_llmload.session.plan import choose_ab_mode
+
+    cpu = frozenset({"cpu"})
+    assert choose_ab_mode("auto", [True, True], [cpu, cpu])[0] == "alternate"
+    assert choose_ab_mode("auto", [True, True], [frozenset("01"), frozenset("23")])[0] == "together"
+    assert choose_ab_mode("auto", [True, True], [None, None])[0] == "alternate"  # unknown: assume shared
+    assert choose_ab_mode("together", [True, True], [cpu, cpu]) == ("together", "--llm-ab-mode together")
+    mode, why = choose_ab_mode("alternate", [True, False], [cpu, None])
+    assert mode == "together" and "side B is attached and cannot be stopped" in why and "may share" in why

@@ -4,8 +4,10 @@ stand-in returns synthetic cells; no server."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from factories import repeat_cell
@@ -13,7 +15,10 @@ from factories import repeat_cell
 from pytest_llmload.errors import ServerStoppedError
 from pytest_llmload.options import Settings
 from pytest_llmload.results import CellResult, CellSpec
-from pytest_llmload.session import LoadSession
+from pytest_llmload.session import PROBE, LoadSession, Side
+
+
+EVENTS: list[str] = []  # cells ("A8": side A, 8 users) and starts/stops, in order, for the test running
 
 
 class ScriptedRunner:
@@ -24,8 +29,11 @@ class ScriptedRunner:
         self.name, self.log, self.invalid, self.seen = name, log, invalid, {}  # type: ignore[var-annotated]
 
     def run_cell(self, spec: CellSpec) -> CellResult:
+        if spec == PROBE:  # the first request after a start (recorded as the start, not as a cell)
+            return repeat_cell(1, spec.prompt_tokens, e2e=0.1)
         nth = self.seen[spec.users] = self.seen.get(spec.users, -1) + 1
         self.log.append((self.name, spec.users))
+        EVENTS.append(f"{self.name}{spec.users}")
         bad = self.invalid(spec, nth)
         cell = repeat_cell(spec.users, spec.prompt_tokens, e2e=0.5, valid=not bad, reasons=("stall",) if bad else ())
         return dataclasses.replace(cell, rounds=spec.rounds)
@@ -33,6 +41,8 @@ class ScriptedRunner:
 
 class StubServer:
     """A launched server that is up (`returncode()` None) until `exit_code` is set."""
+
+    startup_s = 1.0
 
     def __init__(self) -> None:
         self.exit_code: int | None = None
@@ -45,18 +55,45 @@ class StubServer:
 
 
 def _session(repeats: int, invalid: Callable[[CellSpec, int], bool] = lambda s, n: False,
-             candidate: bool = False, b_invalid: Callable[[CellSpec, int], bool] = lambda s, n: False
-             ) -> tuple[LoadSession, list[tuple[str, int]]]:
+             candidate: bool = False, b_invalid: Callable[[CellSpec, int], bool] = lambda s, n: False,
+             **options: Any) -> tuple[LoadSession, list[tuple[str, int]]]:
+    options = {"warmup": "none", "ab_mode": "together", **options}
+    EVENTS.clear()
     settings = Settings(users=(8, 32), prompt_tokens=(63,), repeats=repeats,
-                        candidate_server_arg=("--max-num-seqs=4",) if candidate else ())
+                        candidate_server_arg=("--max-num-seqs=4",) if candidate else (), **options)
     load = LoadSession(settings)
     log: list[tuple[str, int]] = []
     for side, invalid_of in ((load.a, invalid), (load.b, b_invalid)):
-        if side is not None:  # a side that is up, with a scripted runner in place of the server
-            side.write_reports = lambda formats=(): []  # type: ignore[method-assign]
-            side.server, side.state = StubServer(), "up"  # type: ignore[assignment]
-            side._runner = ScriptedRunner(side.name, log, invalid_of)  # type: ignore[assignment]
+        if side is not None:
+            _scripted(side, ScriptedRunner(side.name, log, invalid_of))
     return load, log
+
+
+def _scripted(side: Side, runner: ScriptedRunner) -> None:
+    """The side's real lifecycle with a stub server and a scripted runner in place of vLLM and the load
+    engine (nothing placed, nothing launched); starts and stops are logged in EVENTS."""
+    side.write_reports = lambda formats=(): []  # type: ignore[method-assign]
+    side._plan_placement = lambda: None  # type: ignore[method-assign]
+    side._server_context = lambda: contextlib.nullcontext(StubServer())  # type: ignore[method-assign,assignment,return-value]
+    side._place_client = lambda server: None  # type: ignore[method-assign,assignment,return-value]
+    side._environment = lambda server: {"stub": True}  # type: ignore[method-assign]
+    side._make_runner = lambda: contextlib.nullcontext(runner)  # type: ignore[method-assign,assignment,return-value]
+    real_start, real_stop = side.start, side.stop
+
+    def start(placement_from: Side | None = None) -> Any:
+        starting = side.server is None
+        server = real_start(placement_from)
+        if starting:
+            EVENTS.append(f"start {side.name}")
+        return server
+
+    def stop() -> None:
+        if side.server is not None:
+            EVENTS.append(f"stop {side.name}")
+        real_stop()
+
+    side.start = start  # type: ignore[method-assign]
+    side.stop = stop  # type: ignore[method-assign]
 
 
 def test_the_matrix_runs_in_passes() -> None:
@@ -116,3 +153,35 @@ def test_rounds_make_another_cell() -> None:
     load.complete_repeats()
     assert len(log) == 4 and {c.rounds for c in load.run.cells} == {1, 3}
     assert [len(load.run.repeats_of(c.key)) for c in load.run.cells[:2]] == [2, 2]
+
+
+def test_sides_that_take_turns_measure_in_blocks_a_b_b_a_on_one_server_at_a_time() -> None:
+    """The tests measure on A (block 1); at the end B, B, A: one pass over the cells per block, the other
+    side's server stopped first; consecutive blocks of a side share its start."""
+    load, _ = _session(3, candidate=True, ab_mode="alternate")
+    assert load.ab_mode == "alternate"
+    load.run_cell(8, 63)
+    load.run_cell(32, 63)
+    load.complete_repeats()
+    assert EVENTS == ["start A", "A8", "A32",
+                      "stop A", "start B", "B8", "B32", "B8", "B32",
+                      "stop B", "start A", "A8", "A32", "A8", "A32",
+                      "stop A", "start B", "B8", "B32"]
+    assert len(load.run.cells) == 6 and len(load.b.run.cells) == 6  # type: ignore[union-attr]
+
+
+def test_after_every_start_each_cell_is_first_run_once_unrecorded() -> None:
+    load, _ = _session(2, candidate=True, ab_mode="alternate", warmup="cell")
+    load.run_cell(8, 63)
+    load.complete_repeats()
+    # A: warm-up + repeat 1 (test); B: warm-up + 2 repeats on one start; A: warm-up + repeat 2 on a new start
+    assert EVENTS == ["start A", "A8", "A8", "stop A", "start B", "B8", "B8", "B8", "stop B", "start A", "A8", "A8"]
+    cold = load.run.extra["cold_cells"]
+    assert [c["start_index"] for c in cold] == [0, 1] and len(load.run.cells) == 2
+    assert [c.extra["start_index"] for c in load.run.cells] == [0, 1]
+
+
+def test_sides_sharing_compute_take_turns_by_default_and_attached_ones_cannot() -> None:
+    assert _session(3, candidate=True, ab_mode="auto", device="cpu")[0].ab_mode == "alternate"
+    attached = LoadSession(Settings(base_url="http://127.0.0.1:9", candidate_base_url="http://127.0.0.1:10"))
+    assert attached.ab_mode == "together" and "attached and cannot be stopped" in attached.ab_why
