@@ -4,7 +4,7 @@ Tables (stdlib sqlite3, WAL; SCHEMA_VERSION in `meta`)::
 
     sessions  id, finished_utc, label, interrupted, gate_failed, model, vllm_version, git_commit,
               environment (JSON), extra (JSON: server starts)
-    repeats   session_id, cell (key), users, prompt_tokens, max_tokens, mode, rate, repeat, ok, valid,
+    repeats   session_id, cell (key), users, prompt_tokens, max_tokens, rounds, mode, rate, repeat, ok, valid,
               error, invalid_reasons (JSON), stats (JSON: CellStats.to_dict)
     verdicts  session_id, kind, baseline, cell, gate, verdict, change_pct, ci_low_pct, ci_high_pct, reason
 
@@ -51,7 +51,7 @@ CREATE TABLE IF NOT EXISTS sessions (
     environment TEXT NOT NULL, extra TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS repeats (
     session_id INTEGER NOT NULL REFERENCES sessions(id), cell TEXT NOT NULL, users INTEGER, prompt_tokens INTEGER,
-    max_tokens INTEGER, mode TEXT, rate REAL, repeat INTEGER NOT NULL, ok INTEGER NOT NULL, valid INTEGER NOT NULL,
+    max_tokens INTEGER, rounds INTEGER NOT NULL, mode TEXT, rate REAL, repeat INTEGER NOT NULL, ok INTEGER NOT NULL, valid INTEGER NOT NULL,
     error TEXT, invalid_reasons TEXT NOT NULL, stats TEXT, PRIMARY KEY (session_id, cell, repeat));
 CREATE TABLE IF NOT EXISTS verdicts (
     session_id INTEGER NOT NULL REFERENCES sessions(id), kind TEXT, baseline TEXT, cell TEXT, gate TEXT,
@@ -99,11 +99,8 @@ def _connect(path: Path | str) -> sqlite3.Connection:
 
 
 def cell_key(cell: CellResult) -> str:
-    """The cell a repeat belongs to, as stored (and as the comparisons key it)."""
-    head = f"rate={cell.rate:g}" if cell.mode == "open" else f"users={cell.users}"
-    rounds = getattr(cell, "rounds", None)
-    return f"{head} prompt_tokens={cell.prompt_tokens} max_tokens={cell.max_tokens}" + (
-        f" rounds={rounds}" if isinstance(rounds, int) and rounds != 1 else "")
+    """The cell a repeat belongs to, as stored: its `CellKey`'s label."""
+    return cell.key.label
 
 
 def append_session(path: Path | str, run: RunResult, *, label: str | None = None,
@@ -124,7 +121,7 @@ def append_session(path: Path | str, run: RunResult, *, label: str | None = None
                 (label, int(run.interrupted), int(gate_failed), _model(env), env.get("vllm_version"),
                  env.get("git_commit"), _dumps(env), _dumps(extra)))
             sid = int(cur.lastrowid or 0)
-            conn.executemany("INSERT INTO repeats VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            conn.executemany("INSERT INTO repeats VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                              [_repeat_row(sid, c, i) for cells in repeats_by_key(run).values()
                               for i, c in enumerate(cells, start=1)])
             conn.executemany("INSERT INTO verdicts VALUES (?,?,?,?,?,?,?,?,?,?)",
@@ -151,7 +148,7 @@ def _dumps(value: Any) -> str:
 
 
 def _repeat_row(sid: int, c: CellResult, repeat: int) -> tuple[Any, ...]:
-    return (sid, cell_key(c), c.users, c.prompt_tokens, c.max_tokens, c.mode, c.rate, repeat, int(c.ok), int(c.valid),
+    return (sid, cell_key(c), c.users, c.prompt_tokens, c.max_tokens, c.rounds, c.mode, c.rate, repeat, int(c.ok), int(c.valid),
             c.error, json.dumps(list(c.invalid_reasons)), None if c.stats is None else _dumps(c.stats.to_dict()))
 
 
@@ -190,13 +187,13 @@ def _cells(path: Path | str, ids: Sequence[int]) -> dict[int, list[CellResult]]:
     if not ids:
         return {}
     with closing(_connect(path)) as conn:
-        rows = conn.execute(f"SELECT session_id, users, prompt_tokens, max_tokens, mode, rate, ok, valid, error, "
+        rows = conn.execute(f"SELECT session_id, users, prompt_tokens, max_tokens, rounds, mode, rate, ok, valid, error, "
                             f"invalid_reasons, stats FROM repeats WHERE session_id IN ({','.join('?' * len(ids))}) "
                             f"ORDER BY session_id, cell, repeat", list(ids)).fetchall()
     out: dict[int, list[CellResult]] = {}
-    for sid, users, prompt, max_tokens, mode, rate, ok, valid, error, reasons, stats in rows:
+    for sid, users, prompt, max_tokens, rounds, mode, rate, ok, valid, error, reasons, stats in rows:
         out.setdefault(sid, []).append(CellResult(
-            users=users, prompt_tokens=prompt, max_tokens=max_tokens, mode=mode, rate=rate, ok=bool(ok),
+            users=users, prompt_tokens=prompt, max_tokens=max_tokens, rounds=rounds, mode=mode, rate=rate, ok=bool(ok),
             valid=bool(valid), error=error, invalid_reasons=tuple(json.loads(reasons)),
             stats=None if stats is None else CellStats.from_dict(json.loads(stats))))
     return out

@@ -5,7 +5,7 @@
     guidellm    GuideLLM's benchmarks.json (`guidellm run --output kind=json`; schema "version": 2)
     aiperf      AIPerf's profile_export_aiperf.json (`aiperf profile`; "schema_version" 1.x)
 
-Each result becomes a closed-loop cell: users = its concurrency (vLLM bench: --max-concurrency, or every
+Each result becomes a closed-loop cell: users = its concurrency, rounds = its requests per user (vLLM bench: --max-concurrency, or every
 prompt at once with neither a rate nor a concurrency), prompt tokens and max tokens = the mean input and
 output tokens per successful request, rounded to whole tokens (the prompt sizes these tools draw are
 within a token of the size asked, and `--ignore-eos` makes the output exact). It matches the run's cell
@@ -372,7 +372,9 @@ def _cell(r: _Result, session: int) -> CellResult:
         requests_per_s=r.completed / r.duration_s if r.duration_s > 0 else 0.0, requests_ok=r.completed,
         requests_failed=r.failed, errors={"failed": r.failed} if r.failed else {}, start_spread_s=NAN,
         duration_s=r.duration_s)
+    rounds = r.requests / r.users
     return CellResult(users=r.users, prompt_tokens=round(r.prompt_tokens), max_tokens=round(r.output_tokens), ok=True,
+                      rounds=int(rounds) if rounds.is_integer() and rounds >= 1 else 1,
                       stats=stats, extra={SOURCE_KEY: {"format": r.fmt, "file": str(r.file),
                                                        "mean_prompt_tokens": r.prompt_tokens,
                                                        "mean_output_tokens": r.output_tokens},

@@ -35,7 +35,7 @@ def _run(itl: float = 0.003, invalid_second: bool = False) -> RunResult:
     cells = []
     for repeat in range(3):
         c = cell(4, 63, itl=itl * (1 + 0.02 * repeat), ttft=0.02, tokens=16)
-        c = dataclasses.replace(c, records=c.records * 2, t0_unix_ns=1_796_436_862_000_000_000)
+        c = dataclasses.replace(c, records=c.records * 2, rounds=2, t0_unix_ns=1_796_436_862_000_000_000)
         if invalid_second and repeat == 1:
             c = dataclasses.replace(c, valid=False, invalid_reasons=("start spread 1 s",))
         cells.append(c)
