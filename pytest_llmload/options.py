@@ -128,6 +128,18 @@ def parse_gpus(value: str) -> str:
     return ",".join(items)
 
 
+EXPORT_FORMATS = ("vllm-bench", "github-benchmark", "bencher")  # report/exports.py writes them
+
+
+def parse_export_list(value: str) -> tuple[str, ...]:
+    """Export formats, e.g. `vllm-bench,bencher`."""
+    items = tuple(dict.fromkeys(v.strip().lower() for v in str(value).split(",") if v.strip()))
+    bad = [v for v in items if v not in EXPORT_FORMATS]
+    if bad or not items:
+        raise _fail(f"{value!r}: export formats are {', '.join(EXPORT_FORMATS)}")
+    return items
+
+
 MAX_LOAD_WORKERS = 256  # a bound, so that a typo cannot start thousands of processes
 
 
@@ -200,6 +212,9 @@ class Settings:
     ab_mode: str = "auto"
     warmup: str | None = None  # None: "cell" when gating (comparing, saving a baseline, a candidate), else "none"
     baseline_starts: int = 1
+    history: str | None = None
+    history_label: str | None = None
+    export: tuple[str, ...] = ()
 
     @classmethod
     def from_values(cls, cli: Callable[[str], Any], ini: Callable[[str], Any],
@@ -248,7 +263,7 @@ class Settings:
             server_arg=self.candidate_server_arg or self.server_arg,
             report_dir=str(Path(self.report_dir) / CANDIDATE_REPORT_DIR),
             save_baseline=None, baseline=None, compare_fail=(), reference=None, repeats=self.effective_repeats,
-            warmup=self.effective_warmup, baseline_starts=1,
+            warmup=self.effective_warmup, baseline_starts=1, history=None, history_label=None, export=(),
             candidate_model=None, candidate_server_arg=(), candidate_base_url=None,
         )
 
@@ -364,12 +379,15 @@ OPTIONS: tuple[Option, ...] = (
     Option("report-metrics", "Matrices printed at the end of the session.", parse_metric_list, "LIST"),
     Option("save-baseline", "Save this session into a baseline file (a baseline of the same deployment gains "
            "this session; the last 10 are kept).", str, "PATH"),
-    Option("baseline", "Compare this run against a saved baseline and show per-cell deltas.", str, "PATH"),
+    Option("baseline", "Compare this run against a saved baseline and show per-cell deltas: a baseline file, a "
+           "history (PATH.sqlite[:LABEL]), or results of vllm bench serve (a file, or a folder of them as "
+           "repeats), GuideLLM (benchmarks.json) or AIPerf (profile_export_aiperf.json).", str, "PATH"),
     Option("compare-fail", "Fail the session on a regression beyond a threshold, e.g. e2e_p95:10% "
            "(repeatable; higher latency / lower throughput is worse).", parse_gate_text, "METRIC:PCT", "append"),
     Option("compare-force", "Compare with a baseline of another model or layout anyway.", kind="flag"),
-    Option("reference", "Print the run beside a reference matrix: a baseline/llmload.json path or a study "
-           "table (I..VII).", str, "PATH|TABLE"),
+    Option("reference", "Print the run beside a reference matrix: a baseline/llmload.json path, a history, "
+           "results of vllm bench serve, GuideLLM or AIPerf (as for --llm-baseline), or a study table (I..VII).",
+           str, "PATH|TABLE"),
     # --- scaling the load out (issue 14): load workers on many cores, or on many hosts through Ray
     Option("load-workers", "Load workers a cell's users (or open-loop arrivals) are dealt over, each an event loop "
            "on its own core: a number, or auto (locally: one per core the client may use after its isolation "
@@ -408,6 +426,15 @@ OPTIONS: tuple[Option, ...] = (
     Option("baseline-starts", "With --llm-save-baseline and a server the session starts: start it N times, "
            "each start one session of the baseline (fresh placement, caches, compilation), so that the baseline "
            "can judge from its first save.", parse_positive_int, "N"),
+    # --- history, trends, exports (issue 20); imports go through --llm-baseline and --llm-reference
+    Option("history", "SQLite file every session appends to (provenance, per-repeat statistics, verdicts); "
+           "report.html then shows each cell's trend over its sessions of the same deployment. As "
+           "--llm-baseline PATH[:LABEL] it gives the last 10 such sessions as the baseline.", str, "PATH"),
+    Option("history-label", "Tag this session in the history (a branch, a pipeline), e.g. main.", str, "LABEL"),
+    Option("export", "Also write these formats into the report folder, comma-separated: vllm-bench (result "
+           "files of vllm bench serve, one folder per cell, one file per repeat), github-benchmark "
+           "(github-action-benchmark custom tools), bencher (Bencher Metric Format).", parse_export_list,
+           "FORMATS", shown_default="none"),
 )
 OPTIONS_BY_DEST = {o.dest: o for o in OPTIONS}
 

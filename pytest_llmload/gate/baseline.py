@@ -47,7 +47,8 @@ def add_session(existing: RunResult | None, run: RunResult, keep: int = MAX_SESS
 
 def _tagged(run: RunResult, session: int, facts: list[dict[str, Any]], starts: list[Any]) -> RunResult:
     cells: list[CellResult] = [dataclasses.replace(c, extra={**c.extra, SESSION_KEY: session}) for c in run.cells]
-    extra = {k: v for k, v in run.extra.items() if k != "comparisons"}  # verdicts of this run are not data
+    # verdicts of this run and the trend drawn for it are not data of a baseline
+    extra = {k: v for k, v in run.extra.items() if k not in ("comparisons", "history")}
     extra.update({SESSIONS_KEY: facts, STARTS_KEY: starts})
     return RunResult(environment=dict(run.environment), cells=cells, interrupted=run.interrupted, extra=extra)
 

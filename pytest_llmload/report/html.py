@@ -9,6 +9,7 @@ import base64
 from collections.abc import Callable, Sequence
 from html import escape
 from pathlib import Path
+from typing import Any
 
 from ..results import RunResult
 from . import plots
@@ -92,6 +93,26 @@ def _figure_html(anchor: str, caption: str, draw: Callable[[RunResult], bytes | 
             f"<figcaption>{escape(caption)}</figcaption></figure>")
 
 
+def _trend_drawing(doc: dict[str, Any], metric: str) -> Callable[[RunResult], bytes | None]:
+    return lambda _run: plots.history_trend(doc, metric)
+
+
+def _trend_html(doc: dict[str, Any]) -> str:
+    """The history's sessions and, per metric, one plot per cell (`plots.history_trend`)."""
+    sessions = doc.get("sessions") or []
+    current = doc.get("current")
+    rows = [[str(i), str(s.get("finished_utc") or ""), str(s.get("label") or ""), str(s.get("vllm_version") or ""),
+             "interrupted" if s.get("interrupted") else "", "this session" if i == current else ""]
+            for i, s in enumerate(sessions)]
+    note = (f"<p>{len(sessions)} session(s) of this deployment in {escape(str(doc.get('path')))}: each dot a repeat "
+            "(hollow: invalid), the line the median of the valid ones, red: this session, green band: the baseline "
+            "(a 95 % prediction interval for one more session), dashed: the vLLM version changed.</p>")
+    figures = "".join(_figure_html(f"trend-{m}", f"{m} per cell over the sessions", _trend_drawing(doc, str(m)),
+                                   RunResult()) for m in doc.get("metrics") or [])
+    table = html_table(["session", "finished (UTC)", "label", "vLLM", "", ""], rows)
+    return note + figures + table
+
+
 def render_html(run: RunResult) -> str:
     """The whole page as a string."""
     model = model_name(run.environment)
@@ -105,6 +126,10 @@ def render_html(run: RunResult) -> str:
         figures = "\n".join(_figure_html(a, c, d, run) for a, c, d in FIGURES)
         if figures.strip():
             sections.append(("figures", "Figures", figures))
+    from .history import TREND_KEY  # noqa: PLC0415 - sqlite3 and the gates load only for a report
+
+    if isinstance(trend := run.extra.get(TREND_KEY), dict):
+        sections.append(("trend", "Trend over the history", _trend_html(trend)))
     invalid = invalid_table(run)
     if invalid[1]:
         sections.append(("invalid", "Invalid measurements", html_table(*invalid)))

@@ -143,8 +143,17 @@ def save_baseline(run: RunResult, path: Path | str) -> Path:
     return write_inline(run, path)
 
 
-def load_baseline(path: Path | str) -> RunResult:
-    """Read a baseline (or an llmload.json with its requests.jsonl); ReportFileError if it is damaged."""
+def load_baseline(path: Path | str, *, like: dict[str, Any] | None = None) -> RunResult:
+    """Read a baseline: a baseline file or an llmload.json (with its requests.jsonl), a history
+    (`history.sqlite[:label]`: its last sessions of the deployment of the environment `like`), or results
+    of vLLM bench, GuideLLM or AIPerf (`report/imports.py`); ReportFileError if it is damaged."""
+    from .history import load_history_baseline, split_spec  # noqa: PLC0415
+    from .imports import is_foreign, read_foreign  # noqa: PLC0415
+
+    if (spec := split_spec(str(path))) is not None:
+        return load_history_baseline(spec[0], label=spec[1], like=like)
+    if is_foreign(path):
+        return read_foreign(path)
     return read_report(path)
 
 

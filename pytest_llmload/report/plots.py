@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..results import RunResult
 from .table import format_value, is_number, matrix, model_name
@@ -155,3 +155,48 @@ def _samples_by_users(run: RunResult, users: list[int], prompt: int, metric: str
         if values:
             out.append((u, values))
     return out
+
+
+def history_trend(doc: dict[str, Any], metric: str) -> bytes | None:
+    """One small plot per cell of a statistic over the history's sessions (`report/history.trend`): each
+    repeat a dot (hollow: invalid), the session's median a line, this session in red, the baseline's band
+    shaded, a dashed line where the vLLM version changes."""
+    from .history import _metric  # noqa: PLC0415
+    from ..vocabulary import METRICS  # noqa: PLC0415
+
+    cells = [c for c in doc.get("cells") or [] if (c.get("series") or {}).get(metric)]
+    if not cells:
+        return None
+    sessions, current = doc.get("sessions") or [], doc.get("current")
+    scale = METRICS[_metric(metric)[0]].scale
+    cols = min(4, len(cells))
+    rows = math.ceil(len(cells) / cols)
+    fig, axes = _figure(3.2 * cols, 2.2 * rows, rows, cols)
+    changes = [i for i in range(1, len(sessions)) if sessions[i].get("vllm_version") != sessions[i - 1].get("vllm_version")]
+    for ax, cell in zip(axes, cells):
+        points = cell["series"][metric]
+        medians = []
+        for p in points:
+            vals = [(v * scale, ok) for v, ok in p["values"] if v is not None]
+            good = sorted(v for v, ok in vals if ok)
+            colour = "tab:red" if p["session"] == current else "tab:blue"
+            for v, ok in vals:
+                ax.plot([p["session"]], [v], "o", ms=3, color=colour, mfc=colour if ok else "none")
+            if good:
+                medians.append((p["session"], good[len(good) // 2]))
+        if medians:
+            xs, ys = zip(*medians)
+            ax.plot(xs, ys, "-", color="tab:blue", lw=1)
+        band = (cell.get("band") or {}).get(metric)
+        if band:
+            ax.axhspan(band[0] * scale, band[1] * scale, color="tab:green", alpha=0.15)
+        for i in changes:
+            ax.axvline(i - 0.5, color="grey", ls="--", lw=0.8)
+            ax.annotate(f"vLLM {sessions[i].get('vllm_version')}", (i - 0.5, 1), xycoords=("data", "axes fraction"),
+                        fontsize=6, rotation=90, va="top", ha="right", color="grey")
+        ax.set_title(cell["cell"], fontsize=7)
+        ax.tick_params(labelsize=6)
+        ax.set_xlim(-0.5, max(len(sessions) - 0.5, 0.5))
+    for ax in axes[len(cells):]:
+        ax.set_visible(False)
+    return _png(fig)

@@ -8,6 +8,7 @@ faster than the reference.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from dataclasses import dataclass
@@ -36,6 +37,9 @@ class ReferenceMatrix:
     model: str = ""
     quantization: str | None = None
     gpus: str = ""
+    notes: tuple[str, ...] = ()  # what the reference's file held that is not a cell (imports), named
+    max_tokens: int | None = None  # tokens each request generated, where the reference says (imports)
+    imported: bool = False  # read from another tool's results: its cells that match nothing are named
 
     def value(self, users: int, prompt_tokens: int) -> float | None:
         """The reference seconds for this cell, None if it has none."""
@@ -90,7 +94,18 @@ def reference_from(path_or_name: Path | str) -> ReferenceMatrix:
 
     ConfigError when the name matches no table or several (the message lists them).
     """
+    from .history import load_history_baseline, split_spec  # noqa: PLC0415
+    from .imports import NOTES_KEY, is_foreign, read_foreign  # noqa: PLC0415
+
     path = Path(path_or_name)
+    if (spec := split_spec(str(path_or_name))) is not None:
+        return reference_from_run(load_history_baseline(spec[0], label=spec[1]), str(path_or_name))
+    if path.exists() and is_foreign(path):
+        run = read_foreign(path)
+        matrix_ = reference_from_run(run, str(path))
+        outputs = {c.max_tokens for c in run.cells}
+        return dataclasses.replace(matrix_, notes=tuple(run.extra.get(NOTES_KEY) or ()), imported=True,
+                                   max_tokens=outputs.pop() if len(outputs) == 1 else None)
     if path.exists():
         return reference_from_run(read_report(path, records=False), str(path))
     return _study_by_name(str(path_or_name))
@@ -117,6 +132,8 @@ def _study_by_name(query: str) -> ReferenceMatrix:
 def ratio_matrix(run: RunResult, reference: ReferenceMatrix) -> tuple[list[int], list[int], list[list[float | None]]]:
     """Measured E2E mean / reference seconds over the run's cells; None where either is missing."""
     users, prompts, rows = matrix(run, "e2e", "mean")
+    if _other_output(run, reference):
+        return users, prompts, [[None for _ in prompts] for _ in users]
     ratios = [[None if v is None or not (ref := reference.value(u, p)) else v / ref if is_number(v) else v
                for p, v in zip(prompts, row)]
               for u, row in zip(users, rows)]
@@ -134,4 +151,21 @@ def render_ratio(run: RunResult, reference: ReferenceMatrix, fmt: str = "simple"
             for u, row in zip(users, ratios)]
     headers = ["users \\ prompt tokens", *(str(p) for p in prompts)]
     table = tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True, stralign="right")
-    return f"{title}\n{table}"
+    return f"{title}\n{table}" + "".join(f"\n{line}" for line in reference_notes(run, reference))
+
+
+def reference_notes(run: RunResult, reference: ReferenceMatrix) -> list[str]:
+    """What the reference holds that no cell of the run matches, and what its file held that is no cell."""
+    users, prompts, _ = matrix(run, "e2e", "mean")
+    unmatched = [f"users={u} prompt_tokens={p}" for i, u in enumerate(reference.users)
+                 for j, p in enumerate(reference.prompt_tokens)
+                 if reference.imported and reference.seconds[i][j] is not None and (u not in users or p not in prompts)]
+    out = [f"in the reference only (no cell of this run): {', '.join(unmatched)}"] if unmatched else []
+    if _other_output(run, reference):
+        out.append(f"the reference's requests generate {reference.max_tokens} tokens, this run's "
+                   f"{sorted({c.max_tokens for c in run.cells})}: no cell is compared")
+    return out + [f"reference: {note}" for note in reference.notes]
+
+
+def _other_output(run: RunResult, reference: ReferenceMatrix) -> bool:
+    return reference.max_tokens is not None and any(c.max_tokens != reference.max_tokens for c in run.cells)

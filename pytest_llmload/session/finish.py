@@ -62,8 +62,12 @@ def finish_session(load: LoadSession, config: Any = None) -> Summary:
     if (save_to := s.save_baseline) is not None:  # after comparing: the same file may be both
         _guard(state, "saving the baseline", lambda: _save_baseline(load, state, save_to))
     load.run.extra["comparisons"] = [c.to_dict() for c in state.comparisons]
+    if s.history:  # also when interrupted: the history keeps what was measured, marked so
+        _guard(state, "appending to the history", lambda: _history(load, state))
     state.paths = load.write_reports()
     state.problems += load.report_errors
+    if s.export:
+        _guard(state, "writing exports", lambda: _exports(load, state))
     if (reference := s.reference) is not None:
         _guard(state, "reading the reference", lambda: _reference(load, state, reference))
     if config is not None:  # only where the user asked pytest-benchmark to store or compare (bench_export)
@@ -190,7 +194,8 @@ def _compare(load: LoadSession, state: Summary, baseline_path: str, gates: list[
     from ..gate.compare import compare
     from ..report.json_report import load_baseline
 
-    baseline = load_baseline(baseline_path)
+    baseline = load_baseline(baseline_path, like=load.run.environment)
+    state.notes += [f"baseline: {n}" for n in baseline.extra.get("import_notes") or []]
     if session_count(baseline) < 2:
         state.warnings.append(f"the baseline {baseline_path} holds 1 session: its verdicts cannot conclude (a "
                               "session differs from the next by more than its repeats show). Add sessions to it "
@@ -222,6 +227,27 @@ def _judge(state: Summary, allow_invalid: bool = False) -> None:
             state.warnings += [f"invalid measurement under a gate (allowed): {label}: {g.describe()}"
                                for label, g in comparison.with_verdict("invalid")]
     state.gate_failed = state.gate_failed or bool(state.gate_problems)
+
+
+def _history(load: LoadSession, state: Summary) -> None:
+    """This session appended to --llm-history, and the trend of its cells (for report.html)."""
+    from ..report.history import TREND_KEY, append_session, trend, trend_metrics
+    from ..report.json_report import load_baseline
+
+    s = load.settings
+    assert s.history is not None
+    sid = append_session(s.history, load.run, label=s.history_label, gate_failed=state.gate_failed)
+    baseline = load_baseline(s.baseline, like=load.run.environment) if s.baseline else None
+    load.run.extra[TREND_KEY] = trend(s.history, load.run, session_id=sid, metrics=trend_metrics(s.compare_fail),
+                                      baseline=baseline)
+    state.notes.append(f"history {s.history}: this session appended"
+                       + (f" (label {s.history_label})" if s.history_label else ""))
+
+
+def _exports(load: LoadSession, state: Summary) -> None:
+    from ..report.exports import write_exports
+
+    state.paths += write_exports(load.run, load.settings.export, load.report_dir())
 
 
 def _reference(load: LoadSession, state: Summary, reference: str) -> None:
