@@ -75,10 +75,10 @@ def scrape_e2e(control: Control) -> tuple[Any, Any]:
 def bench_serve(session: LoadSession, users: int, tokens: int, out_dir: Path) -> dict[str, Any]:
     """One `vllm bench serve` run of `users` requests at once; its means and the server's over the run."""
     server = session.server
-    assert server is not None and session.model_choice is not None
+    assert server is not None and session.a.model_choice is not None
     name = f"bench-{users}.json"
     cmd = [sys.executable, "-m", "vllm.entrypoints.cli.main", "bench", "serve", "--backend", "openai",
-           "--base-url", server.base_url, "--model", server.model, "--tokenizer", session.model_choice.model,
+           "--base-url", server.base_url, "--model", server.model, "--tokenizer", session.a.model_choice.model,
            "--dataset-name", "random", "--random-input-len", str(tokens), "--random-output-len", "100",
            "--num-prompts", str(users), "--max-concurrency", str(users), "--ignore-eos", "--disable-tqdm",
            "--percentile-metrics", "ttft,tpot,itl,e2el",

@@ -10,9 +10,10 @@ Lifecycle, the whole of it:
     not started --start()--> up --stop()--> stopped --start()--> up ...   (a restart: a start sample)
                                \\--close()--> closed                       (the end of the session)
 
-Only the session stops or closes a side; fixtures never do. Measuring on a closed side, or on a server
-that is gone before the measurement starts, raises `ServerStoppedError` (a fault of the session): it is
-never recorded as a failed cell of the server under test.
+Only the session stops or closes a side; fixtures never do. Measuring on a side the session stopped or
+closed raises `ServerStoppedError` (a fault of the session): it is never recorded as a failed cell of the
+server under test. A server that dies on its own while up is the server under test failing: its cells
+fail fast with "server died" and the log tail, and the session goes on.
 """
 
 from __future__ import annotations
@@ -155,8 +156,8 @@ class Side:
         """Measure one repeat of a cell on this side and record it. ServerStoppedError when the server is
         not up: a measurement is never attempted on a server that is gone. With --llm-warmup cell, the
         first measurement of each cell after a start is preceded by an unrecorded run of the same cell."""
-        runner = self.runner
         self._check_alive()
+        runner = self.runner
         if self.settings.effective_warmup == "cell" and spec.key not in self._warmed:
             self._keep_cold(runner.run_cell(spec))
             self._warmed.add(spec.key)
@@ -172,15 +173,16 @@ class Side:
 
     def warm_up(self, spec: CellSpec) -> CellResult:
         """Run a cell without recording it (caches and code paths loaded before a measurement)."""
-        runner = self.runner
         self._check_alive()
-        return runner.run_cell(spec)
+        return self.runner.run_cell(spec)
 
     def _check_alive(self) -> None:
-        code = None if self.server is None or not self.launched else self.server.returncode()
-        if code is not None:
-            raise ServerStoppedError(f"side {self.name}: its server exited (code {code}) before this measurement "
-                                     f"started\n--- last lines of the server log ---\n{self.server_log_tail()}")
+        """ServerStoppedError when the session itself stopped or closed this side. A server that died on
+        its own while up is the server under test failing: the runner records its cells as failed
+        ("server died", with the log tail), fast, and the session goes on."""
+        if self.state != "up" or self.server is None:
+            raise ServerStoppedError(f"side {self.name}: the session stopped its server ({self.state}) before "
+                                     "this measurement; a measurement is never attempted on it")
 
     def record(self, cell: CellResult) -> CellResult:
         """Keep a cell in the run and update the partial reports, so nothing is lost if the session dies.

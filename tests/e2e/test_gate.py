@@ -131,12 +131,14 @@ def test_ab_through_llm_load_catches_four_sequences_at_32_users(pytester: pytest
     result.stdout.fnmatch_lines(["Comparison of B (candidate) with A*regression*",
                                  "*differs: server_flags*--max-num-seqs=4*", "*regression gate FAILED*"])
     assert candidate["extra"]["server_starts"][0]["startup_s"] > 1  # B was started: its start is recorded
-    # Both servers share the machine's cores, so they took turns (A B B A): A started again for its last block,
-    # and every start's first run of a cell was a warm-up, reported apart and never one of the repeats.
+    # Both servers share the machine's cores, so they took turns, one pass per block: A (the tests) B B A A B.
+    # Each side started twice (consecutive blocks share a start), and every start's first run of a cell was a
+    # warm-up, reported apart and never one of the repeats. (An invalid repeat measured again adds blocks.)
     assert report["extra"]["ab_mode"]["mode"] == "alternate"
-    assert len(report["extra"]["server_starts"]) == 2 and len(candidate["extra"]["server_starts"]) == 1
-    assert len(report["extra"]["cold_cells"]) == 4 and len(candidate["extra"]["cold_cells"]) == 2
-    assert len(report["cells"]) == len(candidate["cells"]) == 6
+    for side in (report, candidate):
+        starts = len(side["extra"]["server_starts"])
+        assert starts >= 2 and len(side["extra"]["cold_cells"]) == 2 * starts, side["extra"]
+        assert len(side["cells"]) >= 6
     result.stdout.fnmatch_lines(["*A/B: the sides took turns (alternate)*"])
 
 

@@ -18,9 +18,9 @@ def test_two_load_workers_measure_the_real_server(tmp_path: Path, cache_dir: Pat
     with LoadSession(settings, rootdir=tmp_path) as session:
         session.warm_up()
         cell = session.run_cell(12, 31)
-        backend = session.runner.backend
+        backend = session.a.runner.backend
         pids = backend.pids  # type: ignore[attr-defined]
-        client_cpus = list(session.placement.client_cpus) if session.placement else []
+        client_cpus = list(session.a.placement.client_cpus) if session.a.placement else []
     assert cell.ok, cell.error
     assert [r.index for r in cell.records] == list(range(12)) and cell.errors == {}
     assert all(r.prompt_tokens == 31 and r.output_tokens == 16 and len(r.chunk_times) >= 1 for r in cell.records)

@@ -35,7 +35,11 @@ def test_start_objective_is_judged_on_each_sides_start_and_measures_only_the_sel
     result.stdout.fnmatch_lines(["*objective 'starts fast'*missed*",
                                  "*start 1 of A: startup: observed * s, limit <= 0.5 s (process start -> /health *",
                                  "*start 1 of B: startup: observed * s, limit <= 0.5 s*"])
-    assert out.count("startup: observed") == 2  # once per start, not once per cell
     report = json.loads((pytester.path / "llmload-report" / "llmload.json").read_text())
-    assert [(c["users"], c["prompt_tokens"], c["max_tokens"]) for c in report["cells"]] == [(8, 63, 16)]
+    candidate = json.loads((pytester.path / "llmload-report" / "candidate" / "llmload.json").read_text())
+    # Once per start, not once per cell. (A repeat measured again because it was invalid may start a side
+    # once more when the sides take turns: that start is judged too.)
+    starts = len(report["extra"]["server_starts"]) + len(candidate["extra"]["server_starts"])
+    assert out.count("startup: observed") == starts >= 2
+    assert {(c["users"], c["prompt_tokens"], c["max_tokens"]) for c in report["cells"]} == {(8, 63, 16)}
     assert all(c["ok"] for c in report["cells"])

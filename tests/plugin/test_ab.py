@@ -49,12 +49,16 @@ def test_every_cell_runs_on_both_servers_interleaved_over_the_repeats(
     result = ab(pytester, llm_fake_server, candidate, "--llm-compare-fail=e2e_p50:10%")
     result.assert_outcomes(passed=1)
     # Repeats default to 3 with a candidate; cell 1 then 2 in each pass, A first or B first alternating.
+    # A gate warms each cell once per start of its server (--llm-warmup=cell): the first measurement of a
+    # cell on a side is preceded by an unrecorded run of it.
     assert _blocks(llm_fake_server, candidate) == [
-        ("A", 2), ("B", 2), ("B", 4), ("A", 4),  # pass 1 (during the test)
+        ("A", 2), ("A", 2), ("B", 2), ("B", 2), ("B", 4), ("B", 4), ("A", 4), ("A", 4),  # pass 1 (the test)
         ("B", 2), ("A", 2), ("A", 4), ("B", 4),  # pass 2 (after the last test)
         ("A", 2), ("B", 2), ("B", 4), ("A", 4)]  # pass 3
     report = json.loads((pytester.path / "llmload-report" / "llmload.json").read_text())
     assert [(c["users"]) for c in report["cells"]] == [2, 4, 2, 4, 2, 4]  # every repeat, in order
+    assert [c["cell"] for c in report["extra"]["cold_cells"]] == ["users=2 prompt_tokens=31 max_tokens=8",
+                                                         "users=4 prompt_tokens=31 max_tokens=8"]
     (comparison,) = report["extra"]["comparisons"]
     assert comparison["kind"] == "candidate" and len(comparison["cells"]) == 2
     gate = comparison["cells"][0]["gates"][0]

@@ -137,13 +137,23 @@ def test_a_closed_side_is_never_measured_and_says_so() -> None:
     assert log == [("A", 8)] and len(load.run.cells) == 1  # nothing recorded as a failed cell
 
 
-def test_a_server_gone_before_a_measurement_is_an_error_of_the_session() -> None:
+def test_a_side_the_session_stopped_is_never_measured_and_says_so() -> None:
     load, log = _session(1)
     load.run_cell(8, 63)
-    load.a.server.exit_code = 0  # type: ignore[union-attr]
-    with pytest.raises(ServerStoppedError, match=r"exited \(code 0\) before this measurement started"):
-        load.run_cell(32, 63)
+    load.a.stop()
+    with pytest.raises(ServerStoppedError, match=r"side A: the session stopped its server \(stopped\)"):
+        load.a.measure(CellSpec(users=32, prompt_tokens=63, max_tokens=100))
     assert log == [("A", 8)] and [c.users for c in load.run.cells] == [8]
+
+
+def test_a_server_that_died_on_its_own_is_measured_and_fails_as_the_server_under_test() -> None:
+    """Not a fault of the session: the runner is asked (a real one fails the cell "server died" with the
+    log tail, at once), the cell is recorded and the session goes on."""
+    load, log = _session(1)
+    load.run_cell(8, 63)
+    load.a.server.exit_code = -9  # type: ignore[union-attr]
+    load.run_cell(32, 63)
+    assert log == [("A", 8), ("A", 32)] and [c.users for c in load.run.cells] == [8, 32]
 
 
 def test_rounds_make_another_cell() -> None:
