@@ -124,7 +124,7 @@ def repeat_value(cell: CellResult, gate: Gate) -> RepeatValue:
     """The gate's statistic for one repeat, or why it does not count."""
     session = session_of(cell)
     if not cell.ok:
-        return RepeatValue(None, False, f"failed: {cell.error or 'no request succeeded'}", session=session)
+        return RepeatValue(None, False, f"failed: {_error(cell)}", session=session)
     value, have = cell.value(gate.metric, gate.stat), _count(cell, gate)
     if not cell.valid:
         return RepeatValue(value, False, "invalid: " + ("; ".join(cell.invalid_reasons) or "no reason given"),
@@ -146,6 +146,11 @@ def resolution_note(gate: Gate, values: Sequence[RepeatValue]) -> str:
         return ""
     n = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
     return f"{gate.stat} of {n} {_unit(gate, counts[-1])}: near the maximum"
+
+
+def _error(cell: CellResult) -> str:
+    """The first line of a failed cell's error (the rest, e.g. a server log tail, is in llmload.json)."""
+    return (cell.error or "no request succeeded").strip().splitlines()[0]
 
 
 def session_of(cell: CellResult) -> int:
@@ -349,7 +354,7 @@ def evaluate_gate(current: Sequence[CellResult], baseline: Sequence[CellResult],
     failed_before = [c for c in baseline if not c.ok]
 
     def failures(side: str, failed: Sequence[CellResult], total: int) -> str:
-        return f"{len(failed)} of {total} repeat(s) failed {side} ({failed[0].error or 'no request succeeded'})"
+        return f"{len(failed)} of {total} repeat(s) failed {side} ({_error(failed[0])})"
 
     if failed_now and failed_before:
         return GateResult(gate, "invalid", None, None, None, cur, base,
@@ -357,7 +362,7 @@ def evaluate_gate(current: Sequence[CellResult], baseline: Sequence[CellResult],
                           f"{failures(sides[1], failed_before, len(baseline))}: neither side can be compared",
                           confidence)
     if failed_now:
-        error = failed_now[0].error or "no request succeeded"
+        error = _error(failed_now[0])
         return GateResult(gate, "regression", None, None, None, cur, base,
                           f"the cell failed {sides[0]} in {len(failed_now)} of {len(current)} repeat(s): {error}",
                           confidence)

@@ -554,3 +554,13 @@ def test_the_overall_verdict_takes_the_most_telling(verdicts: list[str], overall
 
     doc = {"gates": ["e2e_p50:10%"], "cells": [{"gates": [{"gate": "e2e_p50:10%", "verdict": v}]} for v in verdicts]}
     assert overall_verdict([doc]) == overall
+
+
+def test_a_failure_reads_as_its_first_line() -> None:
+    base = repeated_run({(8, 63): [0.6, 0.6]})
+    cur = repeated_run({(8, 63): [0.6, 0.6]}, seed=1)
+    cur.cells[0] = CellResult(users=8, prompt_tokens=63, max_tokens=100, ok=False,
+                              error="server died (exit code 0)\n--- last lines of the server log ---\nINFO ...")
+    (gate,) = ab(cur, base, [parse_gate("e2e_p50:10%")]).cells[0].gates
+    assert gate.reason == "the cell failed now in 1 of 2 repeat(s): server died (exit code 0)"
+    assert gate.current[0].note == "failed: server died (exit code 0)"
