@@ -22,6 +22,10 @@ each baseline session's mean as one observation and asks whether this session's 
 
 and needs at least two baseline sessions; with one, the spread between sessions is unknown.
 
+When the interval straddles the threshold, `repeats_needed` (A/B) and `sessions_needed` (a baseline)
+project the same formulas to more repeats or sessions at the observed spread and change: how many would
+make the interval clear the threshold. A projection, not a promise: the next repeats have their own spread.
+
 Student's t quantile comes from the regularized incomplete beta function (a continued fraction,
 Numerical Recipes' `betacf`), so the package needs no scipy.
 """
@@ -29,11 +33,13 @@ Numerical Recipes' `betacf`), so the package needs no scipy.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from statistics import NormalDist
 
 CONFIDENCE = 0.95  # one-sided, for each of the two decisions (worse than the threshold, within it)
 MIN_REPEATS = 2  # per side: one value has no spread
+MAX_PROJECTED = 100  # repeats (or sessions) beyond which a projection says "no number that is practical"
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +90,58 @@ def session_interval(current: Sequence[float], sessions: Sequence[Sequence[float
     return RatioInterval(math.exp(d), math.exp(d - t * se), math.exp(d + t * se), float(len(means) - 1))
 
 
+def half_width(interval: RatioInterval) -> float:
+    """How far each bound lies from the estimate, on the log scale (the interval is symmetric there)."""
+    return math.log(interval.high / interval.ratio)
+
+
+def repeats_needed(current: Sequence[float], baseline: Sequence[float], margin: float,
+                   confidence: float = CONFIDENCE, limit: int = MAX_PROJECTED) -> int | None:
+    """Repeats per side at which Welch's bound lies `margin` (log scale, > 0: the distance between the
+    estimate and the threshold) from the estimate, with the observed per-repeat spreads; None beyond `limit`."""
+    spread = _var([math.log(v) for v in current]) + _var([math.log(v) for v in baseline])
+    if spread == 0.0:
+        return MIN_REPEATS
+    if margin <= 0.0:
+        return None
+    squares = _var([math.log(v) for v in current]) ** 2 + _var([math.log(v) for v in baseline]) ** 2
+
+    def enough(n: int) -> bool:
+        df = (n - 1) * spread**2 / squares  # Welch-Satterthwaite with n values a side
+        return t_quantile(confidence, df) * math.sqrt(spread / n) < margin
+
+    return _smallest(enough, limit, start=math.ceil(spread * (NormalDist().inv_cdf(confidence) / margin) ** 2))
+
+
+def sessions_needed(sessions: Sequence[Sequence[float]], margin: float, confidence: float = CONFIDENCE,
+                    limit: int = MAX_PROJECTED) -> int | None:
+    """Baseline sessions at which `session_interval`'s bound lies `margin` (log scale) from the estimate,
+    with the observed spread between sessions; None when no number up to `limit` does (the spread between
+    sessions itself is wider than the margin: more sessions cannot help)."""
+    means = [_mean([math.log(v) for v in s]) for s in sessions if s]
+    spread = math.sqrt(_var(means))
+    if spread == 0.0:
+        return MIN_REPEATS
+    return _smallest(lambda n: t_quantile(confidence, n - 1) * spread * math.sqrt(1.0 + 1.0 / n) < margin, limit)
+
+
+def _smallest(enough: Callable[[int], bool], limit: int, start: int = MIN_REPEATS) -> int | None:
+    """The smallest n in [MIN_REPEATS, limit] for which `enough` (monotone in n) holds: steps doubling up
+    from `start` (a lower bound: the normal approximation, t being wider), then bisection."""
+    lo = min(max(start, MIN_REPEATS), limit + 1)
+    step, hi = 1, lo
+    while hi <= limit and not enough(hi):
+        lo, hi, step = hi + 1, hi + step, step * 2
+    if hi > limit:
+        hi = limit
+        if lo > limit or not enough(limit):
+            return None
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if enough(mid) else (mid + 1, hi)
+    return lo
+
+
 def _mean(xs: Sequence[float]) -> float:
     return math.fsum(xs) / len(xs)
 
@@ -108,21 +166,44 @@ def t_cdf(t: float, df: float) -> float:
 
 
 def t_quantile(p: float, df: float) -> float:
-    """The t with P(T <= t) = p (0.5 < p < 1), by bisection on `t_cdf` (to 1e-10)."""
+    """The t with P(T <= t) = p (0.5 <= p < 1), to 1e-10: Newton's method on `t_cdf`, kept inside a
+    bracket that bisection narrows whenever a Newton step would leave it."""
     if not 0.5 <= p < 1.0:
         raise ValueError("p must be in [0.5, 1)")
     lo, hi = 0.0, 1.0
     while t_cdf(hi, df) < p:  # t(1) at 0.9999 is ~3183: a few doublings
-        hi *= 2.0
+        lo, hi = hi, hi * 2.0
+    t = min(max(_t_guess(p, df), lo), hi)
     for _ in range(200):
-        mid = (lo + hi) / 2.0
-        if t_cdf(mid, df) < p:
-            lo = mid
+        error = t_cdf(t, df) - p
+        if error < 0:
+            lo = t
         else:
-            hi = mid
-        if hi - lo < 1e-10:
-            break
-    return (lo + hi) / 2.0
+            hi = t
+        step = error / t_pdf(t, df)
+        nxt = t - step
+        if not lo < nxt < hi:
+            nxt = (lo + hi) / 2.0
+        if abs(nxt - t) < 1e-10 or hi - lo < 1e-10:
+            return nxt
+        t = nxt
+    return t
+
+
+def _t_guess(p: float, df: float) -> float:
+    """Cornish-Fisher's expansion of t's quantile around the normal one: close for df >= 3."""
+    z = NormalDist().inv_cdf(p)
+    if math.isinf(df):
+        return z
+    return z + (z**3 + z) / (4.0 * df) + (5.0 * z**5 + 16.0 * z**3 + 3.0 * z) / (96.0 * df**2)
+
+
+def t_pdf(t: float, df: float) -> float:
+    """The density of Student's t with `df` degrees of freedom."""
+    if math.isinf(df):
+        return math.exp(-0.5 * t * t) / math.sqrt(2.0 * math.pi)
+    log_norm = math.lgamma((df + 1.0) / 2.0) - math.lgamma(df / 2.0) - 0.5 * math.log(df * math.pi)
+    return math.exp(log_norm - (df + 1.0) / 2.0 * math.log1p(t * t / df))
 
 
 def incomplete_beta(a: float, b: float, x: float) -> float:

@@ -5,6 +5,7 @@ side by side. Renders the JSON form (`Comparison.to_dict()`, as `llmload.json` c
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from tabulate import tabulate
@@ -140,4 +141,73 @@ def _values_and_change(d: dict[str, Any] | None) -> str:
     return f"{format_value(d['baseline'], d['metric'])} -> {format_value(d['current'], d['metric'])} {_change(d)}"
 
 
-__all__ = ["comparison_rows", "gate_text", "head_lines", "render_comparison", "tail_lines"]
+# ------------------------------------------------------------------------------- verdicts by gate
+
+COUNTED = ("ok", "improved", "regression", "inconclusive", "invalid")  # as the summary lists them
+PRECEDENCE = ("regression", "invalid", "inconclusive", "improved", "ok")  # the session's verdict: first found
+
+
+def _doc(comparison: Comparison | dict[str, Any]) -> dict[str, Any]:
+    return comparison.to_dict() if isinstance(comparison, Comparison) else comparison
+
+
+def _gate_results(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    return [g for c in doc.get("cells") or [] for g in c.get("gates") or []] + list(doc.get("run_gates") or [])
+
+
+def verdict_counts(comparison: Comparison | dict[str, Any]) -> dict[str, dict[str, int]]:
+    """{gate: {verdict: count}} over the cells (and server starts) of one comparison, every gate of it
+    listed, every kind of verdict counted (0 included), so that a gate that judged nothing shows."""
+    doc = _doc(comparison)
+    out = {str(g): dict.fromkeys(COUNTED, 0) for g in doc.get("gates") or []}
+    for g in _gate_results(doc):
+        counts = out.setdefault(str(g.get("gate")), dict.fromkeys(COUNTED, 0))
+        verdict = str(g.get("verdict"))
+        counts[verdict] = counts.get(verdict, 0) + 1
+    return out
+
+
+def _first(verdicts: Iterable[str]) -> str:
+    seen = set(verdicts)
+    return next((v for v in PRECEDENCE if v in seen), "none")
+
+
+def overall_verdict(comparisons: Iterable[Comparison | dict[str, Any]]) -> str:
+    """The session's verdict over every gate of every comparison: regression > invalid > inconclusive >
+    improved > ok; 'none' when no gate judged any cell."""
+    return _first(str(g.get("verdict")) for c in comparisons for g in _gate_results(_doc(c)))
+
+
+def gate_verdicts(comparisons: Iterable[Comparison | dict[str, Any]]) -> dict[str, Any]:
+    """What llmload.json carries for CI: {"verdict": overall, "gates": {gate: {"verdict", "counts"}}},
+    each gate's counts summed over the comparisons (baseline, candidate) it was applied in."""
+    docs = [_doc(c) for c in comparisons]
+    gates: dict[str, dict[str, int]] = {}
+    for doc in docs:
+        for gate, counts in verdict_counts(doc).items():
+            total = gates.setdefault(gate, dict.fromkeys(COUNTED, 0))
+            for verdict, n in counts.items():
+                total[verdict] = total.get(verdict, 0) + n
+    return {"verdict": overall_verdict(docs),
+            "gates": {gate: {"verdict": _first(v for v, n in counts.items() if n), "counts": counts}
+                      for gate, counts in gates.items()}}
+
+
+def render_verdict_counts(comparisons: Iterable[Comparison | dict[str, Any]]) -> str:
+    """One line per comparison and gate: 'e2e_p95:10% (B (candidate) vs A): 0 ok, 0 improved, 0 regression,
+    4 inconclusive, 0 invalid: judged nothing'; '' without gates."""
+    lines = []
+    for doc in map(_doc, comparisons):
+        cur, base, _, _ = _names(doc)
+        for gate, counts in verdict_counts(doc).items():
+            text = ", ".join(f"{counts.get(v, 0)} {v}" for v in COUNTED)
+            extra = sorted(set(counts) - set(COUNTED))
+            text += "".join(f", {counts[v]} {v}" for v in extra)
+            judged = sum(counts.get(v, 0) for v in ("ok", "improved", "regression"))
+            note = ": judged nothing" if not judged else ""
+            lines.append(f"{gate} ({cur} vs {base}): {text}{note}")
+    return "\n".join(lines)
+
+
+__all__ = ["COUNTED", "PRECEDENCE", "comparison_rows", "gate_text", "gate_verdicts", "head_lines", "overall_verdict",
+           "render_comparison", "render_verdict_counts", "tail_lines", "verdict_counts"]

@@ -51,3 +51,40 @@ def test_ratio_interval_is_welch_on_logs() -> None:
 def test_no_spread_gives_a_point() -> None:
     iv = ratio_interval([2.0, 2.0], [1.0, 1.0])
     assert iv is not None and iv.low == iv.high == pytest.approx(2.0)
+
+
+def test_t_pdf_integrates_to_the_cdf() -> None:
+    from pytest_llmload.gate.stats import t_pdf
+
+    steps = 4000
+    area = sum(t_pdf(-1.0 + 2.0 * (k + 0.5) / steps, 3) for k in range(steps)) * 2.0 / steps
+    assert area == pytest.approx(t_cdf(1.0, 3) - t_cdf(-1.0, 3), abs=1e-6)
+
+
+def test_repeats_needed_is_the_smallest_n_whose_interval_clears_the_margin() -> None:
+    from pytest_llmload.gate.stats import repeats_needed
+
+    cur, base = [1.1, 1.3, 1.2], [1.0, 0.9, 1.1]
+    lc, lb = [math.log(v) for v in cur], [math.log(v) for v in base]
+    var = lambda xs: sum((x - sum(xs) / len(xs)) ** 2 for x in xs) / (len(xs) - 1)  # noqa: E731
+    spread, squares = var(lc) + var(lb), var(lc) ** 2 + var(lb) ** 2
+
+    def width(n: int) -> float:
+        return t_quantile(0.95, (n - 1) * spread**2 / squares) * math.sqrt(spread / n)
+
+    for margin in (0.3, 0.1, 0.05, 0.03):
+        n = repeats_needed(cur, base, margin)
+        assert n is not None and width(n) < margin and (n == 2 or width(n - 1) >= margin)
+    assert repeats_needed(cur, base, 0.001) is None  # beyond 100 repeats
+    assert repeats_needed([1.0, 1.0], [2.0, 2.0], 0.01) == 2  # no spread: any two decide
+
+
+def test_sessions_needed_cannot_beat_the_spread_between_sessions() -> None:
+    from pytest_llmload.gate.stats import sessions_needed
+
+    sessions = [[1.0], [1.1], [0.9]]
+    s = math.sqrt(sum((math.log(v[0]) - sum(math.log(w[0]) for w in sessions) / 3) ** 2 for v in sessions) / 2)
+    n = sessions_needed(sessions, 3 * s)
+    assert n is not None and t_quantile(0.95, n - 1) * s * math.sqrt(1 + 1 / n) < 3 * s
+    assert t_quantile(0.95, n - 2) * s * math.sqrt(1 + 1 / (n - 1)) >= 3 * s
+    assert sessions_needed(sessions, 1.5 * s) is None  # under t(inf) = 1.645 spreads: no number of sessions
