@@ -23,6 +23,9 @@ STUDY_USERS = (1, 2, 4, 8, 16, 32, 64, 128)
 STUDY_PROMPT_TOKENS = (31, 63, 119, 296, 480, 822, 2193)
 
 
+AUTO_FIRST_LOOK = 2  # --llm-repeats auto: the repeats a side has at the first look (gate/sequential.py)
+
+
 def _fail(message: str) -> argparse.ArgumentTypeError:
     return argparse.ArgumentTypeError(message)
 
@@ -35,6 +38,21 @@ def parse_positive_int(value: str | int) -> int:
         raise _fail(f"{value!r} is not a whole number") from None
     if n < 1:
         raise _fail(f"{value!r} must be 1 or more")
+    return n
+
+
+def parse_repeats(value: str | int) -> int | str:
+    """`auto` (repeat until the gates conclude, see --llm-gate-budget) or a whole number >= 1."""
+    if str(value).strip().lower() == "auto":
+        return "auto"
+    return parse_positive_int(value)
+
+
+def parse_max_repeats(value: str | int) -> int:
+    """A whole number >= 2 (the first look of --llm-repeats auto needs 2 repeats a side)."""
+    n = parse_positive_int(value)
+    if n < AUTO_FIRST_LOOK:
+        raise _fail(f"{value!r} must be {AUTO_FIRST_LOOK} or more")
     return n
 
 
@@ -203,7 +221,9 @@ class Settings:
     load_workers: int | str = "auto"
     load_cluster: str = "local"
     ray_address: str | None = None
-    repeats: int | None = None  # None: REPEATS_WHEN_COMPARING when comparing or saving, else 1
+    repeats: int | str | None = None  # "auto": until the gates conclude; None: 3 when gating, else 1
+    max_repeats: int = 10  # --llm-repeats auto: a side's repeats of a cell at most
+    gate_budget: float = 30.0  # --llm-repeats auto: minutes of repeats after the tests at most
     compare_strict: bool = False
     candidate_model: str | None = None
     candidate_server_arg: tuple[str, ...] = ()
@@ -240,10 +260,17 @@ class Settings:
         return self.warmup or ("cell" if self.gating else "none")
 
     @property
+    def auto_repeats(self) -> bool:
+        """--llm-repeats auto: repeat gated cells until their verdicts conclude (bounded)."""
+        return self.repeats == "auto"
+
+    @property
     def effective_repeats(self) -> int:
         """--llm-repeats, else REPEATS_WHEN_COMPARING when a baseline is saved or compared or a candidate
         is given (a verdict needs the spread between repeats), else 1."""
-        if self.repeats is not None:
+        if self.repeats == "auto":
+            return AUTO_FIRST_LOOK
+        if isinstance(self.repeats, int):
             return self.repeats
         comparing = self.save_baseline or self.baseline or self.has_candidate
         return REPEATS_WHEN_COMPARING if comparing else 1
@@ -401,9 +428,17 @@ OPTIONS: tuple[Option, ...] = (
     # --- repeats and A/B comparisons (verdicts from the spread between repeats)
     Option("repeats", "Measure every cell N times, spread over the session (the matrix in N passes; cells "
            "measured once by tests get their other repeats after the last test). Verdicts come from the "
-           "spread between repeats; with fewer than 2 they are inconclusive.", parse_positive_int, "N",
+           "spread between repeats; with fewer than 2 they are inconclusive. auto: 2, then one more repeat a "
+           "side of each gated cell whose verdict is not yet conclusive, until every gate concludes or "
+           "--llm-max-repeats or --llm-gate-budget is spent (a stopping rule that keeps false alarms at most "
+           "5%% over all looks).", parse_repeats, "N|auto",
            shown_default=f"{REPEATS_WHEN_COMPARING} when a baseline is saved or compared or a candidate is given, "
            "else 1"),
+    Option("max-repeats", "With --llm-repeats auto: a side's repeats of a cell at most.", parse_max_repeats, "N",
+           shown_default="10"),
+    Option("gate-budget", "With --llm-repeats auto: minutes the repeats after the last test may take at most "
+           "(no block is started that would not end within it).", parse_positive_float, "MINUTES",
+           shown_default="30"),
     Option("compare-strict", "Fail the session on an inconclusive verdict too (not only on a regression "
            "or an invalid measurement).", kind="flag"),
     Option("candidate-model", "A/B in one session: the candidate server's model (preset, hub id or folder; "

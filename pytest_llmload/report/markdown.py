@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from tabulate import tabulate
 
@@ -57,3 +58,29 @@ def render_markdown(run: RunResult) -> str:
 def write_markdown(run: RunResult, path: Path | str) -> Path:
     """Write the Markdown report atomically."""
     return atomic_write_text(Path(path), render_markdown(run))
+
+
+def render_step_summary(comparisons: list[dict[str, Any]], verdict: dict[str, Any], model: str = "") -> str:
+    """What a CI job's summary page shows (GitHub's `$GITHUB_STEP_SUMMARY`): the session's verdict, each
+    gate's counts, and each comparison's table (A -> B, or the baseline -> this run) as Markdown."""
+    from .comparison import comparison_rows, head_lines, render_verdict_counts, tail_lines
+
+    title = f"## pytest-llmload: {verdict.get('verdict', 'none')}{' — ' + _md_escape(model) if model else ''}\n"
+    parts = [title]
+    counts = render_verdict_counts(comparisons)
+    if counts:
+        parts.append("".join(f"- {_md_escape(line)}\n" for line in counts.splitlines()))
+    for doc in comparisons:
+        head = head_lines(doc)
+        parts.append(f"### {_md_escape(head[0])}\n\n" + "".join(f"{_md_escape(line)}\n\n" for line in head[1:]))
+        headers, rows = comparison_rows(doc)
+        if rows:
+            parts.append(md_table(headers, rows) + "\n")
+        parts.append("".join(f"{_md_escape(line)}\n\n" for line in tail_lines(doc)))
+    return "\n".join(parts)
+
+
+def append_step_summary(path: Path | str, text: str) -> None:
+    """Append to the job summary file (others' steps write to it too: never overwrite)."""
+    with open(path, "a", encoding="utf-8") as out:
+        out.write(text if text.endswith("\n") else text + "\n")

@@ -61,11 +61,13 @@ def _matrices(summary: Summary) -> list[str]:
 
 
 def _comparisons(summary: Summary) -> list[str]:
-    from .comparison import render_comparison
+    from .comparison import render_comparison, render_verdict_counts
 
     lines: list[str] = []
     for comparison in summary.comparisons:
         lines += render_comparison(comparison).splitlines() + [""]
+    if counts := render_verdict_counts(summary.comparisons):
+        lines += ["Verdicts:", *(f"  {line}" for line in counts.splitlines()), ""]
     if summary.reference_text:
         lines += summary.reference_text.splitlines()
     return lines

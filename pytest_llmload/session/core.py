@@ -194,6 +194,23 @@ class LoadSession:
                 made += 1
         return made
 
+    def measure_more(self, keys: Sequence[CellKey]) -> int:
+        """One more repeat a side of each cell (`--llm-repeats auto`'s next look): when the sides take
+        turns, one block a side, the side whose server is up first (A B, then B A: the order alternates
+        and each look costs one restart); else each cell on every side, the order of sides alternating
+        as in the passes. Returns the measurements made."""
+        if self.ab_mode != "alternate":
+            for key in keys:
+                self.measure(self._specs[key])
+            return len(keys)
+        made = 0
+        for side in sorted(self.sides, key=lambda s: s.state != "up"):
+            self._blocks += 1
+            for key in keys:
+                self._up(side).measure(self._specs[key])
+                made += 1
+        return made
+
     @staticmethod
     def _counts_on(side: Side, key: CellKey) -> plan.Counts:
         cells = side.run.repeats_of(key)
@@ -291,3 +308,6 @@ def check_settings(settings: Settings) -> None:
     if settings.candidate_base_url and settings.candidate_server_arg:
         raise ConfigError("--llm-candidate-base-url attaches to a running candidate: "
                           "--llm-candidate-server-arg only applies to a candidate pytest-llmload starts")
+    if settings.auto_repeats and not settings.compare_fail:
+        raise ConfigError("--llm-repeats auto repeats until the gates conclude: it needs --llm-compare-fail (and "
+                          "a baseline or a candidate to compare with); give a number of repeats otherwise")

@@ -19,6 +19,8 @@ that could not be made under a gate, or (with `--llm-compare-strict`) an inconcl
 
 from __future__ import annotations
 
+import os
+
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,6 +46,9 @@ def finish_session(load: LoadSession, config: Any = None) -> Summary:
     if not load.run.interrupted:
         # A repeat that could not be measured (a server gone) leaves a gate without its data: it fails it.
         _guard(state, "measuring the remaining repeats", lambda: _complete_repeats(load, state), fails_gate=gating)
+    if s.auto_repeats and not load.run.interrupted:
+        _guard(state, "repeating until the gates conclude", lambda: _repeat_until_conclusive(load, state, gates),
+               fails_gate=True)
     if s.save_baseline is not None and s.baseline_starts > 1 and load.a.launched and not load.run.interrupted:
         _guard(state, "measuring the baseline's other starts", lambda: _baseline_starts(load, s.baseline_starts))
     if any(g.run_level for g in gates) and not load.run.interrupted:
@@ -62,6 +67,8 @@ def finish_session(load: LoadSession, config: Any = None) -> Summary:
     if (save_to := s.save_baseline) is not None:  # after comparing: the same file may be both
         _guard(state, "saving the baseline", lambda: _save_baseline(load, state, save_to))
     load.run.extra["comparisons"] = [c.to_dict() for c in state.comparisons]
+    if state.comparisons:  # what CI acts on: the session's verdict and each gate's
+        _guard(state, "writing the verdicts", lambda: _verdicts(load, state))
     if s.history:  # also when interrupted: the history keeps what was measured, marked so
         _guard(state, "appending to the history", lambda: _history(load, state))
     state.paths = load.write_reports()
@@ -106,6 +113,39 @@ def _complete_repeats(load: LoadSession, state: Summary) -> None:
         load.run.interrupted = True
         state.problems.append("interrupted while measuring the remaining repeats: the comparison uses what was "
                               "measured")
+
+
+def _repeat_until_conclusive(load: LoadSession, state: Summary, gates: list[Gate]) -> None:
+    """--llm-repeats auto: one more repeat a side of the undecided cells per look (session/auto.py)."""
+    from ..report.json_report import load_baseline
+    from .auto import AUTO_KEY, Pair, repeat_until_conclusive
+
+    s = load.settings
+    baseline = None if s.baseline is None else load_baseline(s.baseline, like=load.run.environment)
+
+    def pairs() -> list[Pair]:
+        out = [] if baseline is None else [Pair(load.run, baseline, ("now", "in the baseline"), by_session=True)]
+        if load.b is not None:
+            out.append(Pair(load.b.run, load.run, ("in B", "in A"), by_session=False))
+        return out
+
+    try:
+        record = repeat_until_conclusive(load, pairs, gates)
+    except KeyboardInterrupt:
+        load.run.interrupted = True
+        state.problems.append("interrupted while repeating until the gates conclude: the comparison uses what "
+                              "was measured")
+        return
+    load.run.extra[AUTO_KEY] = record.to_dict()
+    state.notes.append(record.note())
+
+
+def _confidence(load: LoadSession) -> float:
+    """The comparisons' confidence: the looks' under --llm-repeats auto, else the fixed-repeats one."""
+    from ..gate.stats import CONFIDENCE
+    from .auto import confidence
+
+    return confidence(load.settings) or CONFIDENCE
 
 
 def _baseline_starts(load: LoadSession, starts: int) -> None:
@@ -201,7 +241,8 @@ def _compare(load: LoadSession, state: Summary, baseline_path: str, gates: list[
                               "session differs from the next by more than its repeats show). Add sessions to it "
                               "(--llm-save-baseline into the same file) or save it with --llm-baseline-starts 3")
     state.comparisons.append(compare(load.run, baseline, gates, force=load.settings.compare_force,
-                                     baseline_name=f"the baseline {baseline_path}", current_name="this run"))
+                                     baseline_name=f"the baseline {baseline_path}", current_name="this run",
+                                     confidence=_confidence(load)))
 
 
 def _compare_candidate(load: LoadSession, state: Summary, gates: list[Gate]) -> None:
@@ -211,7 +252,8 @@ def _compare_candidate(load: LoadSession, state: Summary, gates: list[Gate]) -> 
     if not load.b.run.cells:
         raise _NothingCompared("the candidate server measured no cell (see the problems above)")
     state.comparisons.append(compare(load.b.run, load.run, gates, kind="candidate",
-                                     baseline_name="A", current_name="B (candidate)", sides=("in B", "in A")))
+                                     baseline_name="A", current_name="B (candidate)", sides=("in B", "in A"),
+                                     confidence=_confidence(load)))
 
 
 class _NothingCompared(LLMLoadError):
@@ -227,6 +269,18 @@ def _judge(state: Summary, allow_invalid: bool = False) -> None:
             state.warnings += [f"invalid measurement under a gate (allowed): {label}: {g.describe()}"
                                for label, g in comparison.with_verdict("invalid")]
     state.gate_failed = state.gate_failed or bool(state.gate_problems)
+
+
+def _verdicts(load: LoadSession, state: Summary) -> None:
+    """`llmload.json`'s `extra.verdict`; appended to `$GITHUB_STEP_SUMMARY` as Markdown when it is set."""
+    from ..report.comparison import gate_verdicts
+    from ..report.markdown import append_step_summary, render_step_summary
+    from ..report.table import model_name
+
+    docs = load.run.extra["comparisons"]
+    load.run.extra["verdict"] = verdict = gate_verdicts(docs)
+    if step_summary := os.environ.get("GITHUB_STEP_SUMMARY"):
+        append_step_summary(step_summary, render_step_summary(docs, verdict, model_name(load.run.environment)))
 
 
 def _history(load: LoadSession, state: Summary) -> None:

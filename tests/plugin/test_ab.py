@@ -70,13 +70,26 @@ def test_every_cell_runs_on_both_servers_interleaved_over_the_repeats(
 
 
 def test_a_slower_candidate_fails_the_session_and_the_same_one_does_not(
-        pytester: pytest.Pytester, llm_fake_server: FakeServer, candidate: FakeServer) -> None:
+        pytester: pytest.Pytester, llm_fake_server: FakeServer, candidate: FakeServer,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     pytester.makepyfile(TWO_CELLS)
     candidate.configure(itl_ms=8)  # 4x slower decoding
+    step_summary = pytester.path / "step-summary.md"
+    step_summary.write_text("earlier step\n")
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(step_summary))
     slow = ab(pytester, llm_fake_server, candidate, "--llm-compare-fail=e2e_p50:10%")
     assert slow.ret == pytest.ExitCode.TESTS_FAILED
-    slow.stdout.fnmatch_lines(["*regression*", "*gate: B (candidate) vs A: users=4*regression*",
-                               "*regression gate FAILED*"])
+    slow.stdout.fnmatch_lines(["*regression*", "Verdicts:",
+                               "  e2e_p50:10% (B (candidate) vs A): 0 ok, 0 improved, 2 regression*",
+                               "*gate: B (candidate) vs A: users=4*regression*", "*regression gate FAILED*"])
+    # What CI acts on: the verdict in llmload.json, and the A -> B table on the job's summary page.
+    report = json.loads((pytester.path / "llmload-report" / "llmload.json").read_text())
+    assert report["extra"]["verdict"]["verdict"] == "regression"
+    assert report["extra"]["verdict"]["gates"]["e2e_p50:10%"]["counts"]["regression"] == 2
+    page = step_summary.read_text()
+    assert page.startswith("earlier step\n## pytest-llmload: regression")
+    assert "### Comparison of B (candidate) with A" in page and page.count("| regression |") == 2
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY")
     candidate.configure(itl_ms=2)
     same = ab(pytester, llm_fake_server, candidate, "--llm-compare-fail=e2e_p50:50%")
     assert same.ret == pytest.ExitCode.OK, same.stdout.str()
@@ -115,3 +128,31 @@ def test_a_candidate_that_cannot_be_reached_is_named(pytester: pytest.Pytester, 
                                            "--llm-candidate-base-url=http://127.0.0.1:9", "-p", "no:cacheprovider")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*the candidate server (B) could not be started or reached*127.0.0.1:9*"])
+
+
+def test_repeats_auto_stops_when_the_gates_conclude_and_says_how(
+        pytester: pytest.Pytester, llm_fake_server: FakeServer, candidate: FakeServer) -> None:
+    """Through llm_load tests: a clearly slower candidate concludes at the first look (2 repeats a side);
+    the same speed under a tight gate is measured again until --llm-max-repeats, then inconclusive."""
+    pytester.makepyfile(TWO_CELLS)
+    candidate.configure(itl_ms=8)
+    slow = ab(pytester, llm_fake_server, candidate, "--llm-repeats=auto", "--llm-compare-fail=e2e_p50:10%")
+    assert slow.ret == pytest.ExitCode.TESTS_FAILED
+    report = json.loads((pytester.path / "llmload-report" / "llmload.json").read_text())
+    assert report["extra"]["repeats_auto"]["looks"] == 1 and report["extra"]["repeats_auto"]["undecided"] == []
+    assert [c["users"] for c in report["cells"]] == [2, 4, 2, 4]
+    assert report["extra"]["verdict"]["verdict"] == "regression"
+    (comparison,) = report["extra"]["comparisons"]
+    assert comparison["cells"][0]["gates"][0]["confidence"] == pytest.approx(1 - 0.05 / 9)  # 9 looks at most
+    slow.stdout.fnmatch_lines(["*--llm-repeats auto: 1 look(s) of at most 9 *; every gated verdict is conclusive"])
+
+    candidate.configure(itl_ms=2)
+    same = ab(pytester, llm_fake_server, candidate, "--llm-repeats=auto", "--llm-max-repeats=3",
+              "--llm-compare-fail=e2e_p50:0.1%")
+    report = json.loads((pytester.path / "llmload-report" / "llmload.json").read_text())
+    looks = report["extra"]["repeats_auto"]
+    assert looks["max_looks"] == 2 and looks["looks"] <= 2
+    assert len(report["cells"]) <= 2 * 3 * 2  # never past 3 repeats a side (and their re-measures)
+    if looks["undecided"]:
+        assert looks["stopped"].startswith("--llm-max-repeats 3 reached") and looks["looks"] == 2
+        assert same.ret == pytest.ExitCode.OK  # inconclusive passes unless --llm-compare-strict
