@@ -92,10 +92,34 @@ def _by_key(run: RunResult) -> dict[CellKey, list[CellResult]]:
     return out
 
 
+def block_estimate(load: LoadSession, keys: Sequence[CellKey]) -> float:
+    """Seconds the next look's block should take, from what was measured: each side's last repeat of each
+    cell, and when the sides take turns, a start of each server (its last start time) with its warm-up
+    runs (`--llm-warmup cell`)."""
+    from .side import STARTS_KEY
+
+    total = 0.0
+    for side in load.sides:
+        cells = [c for k in keys if (c := _last(side.run, k)) is not None]
+        durations = sum(c.stats.duration_s for c in cells if c.stats is not None)
+        total += durations
+        if load.ab_mode == "alternate":
+            starts = side.run.extra.get(STARTS_KEY) or []
+            total += float((starts[-1].get("startup_s") or 0.0) if starts else 0.0)
+            total += durations if side.settings.effective_warmup == "cell" else 0.0
+    return total
+
+
+def _last(run: RunResult, key: CellKey) -> CellResult | None:
+    repeats = run.repeats_of(key)
+    return repeats[-1] if repeats else None
+
+
 def repeat_until_conclusive(load: LoadSession, pairs: Callable[[], Sequence[Pair]], gates: Sequence[Gate],
                             clock: Callable[[], float] = time.monotonic) -> Looks:
     """Look, then measure one more repeat a side of the undecided cells, until the rule stops. The budget
-    counts from here; a look's block is not started when the last one shows it would not end in time."""
+    counts from here; a block is not started when it would not end in time (its duration estimated from
+    the last block, or before the first one from the cells' last repeats and the servers' starts)."""
     s = load.settings
     record = Looks(max_looks(s))
     started = clock()
@@ -114,7 +138,7 @@ def repeat_until_conclusive(load: LoadSession, pairs: Callable[[], Sequence[Pair
                 record.stopped = (f"{len(open_)} cell(s) not conclusive where more repeats cannot decide (a "
                                   "failed cell, or a baseline whose spread between sessions decides)")
             break
-        if record.elapsed_s + block_s > 60.0 * s.gate_budget:
+        if record.elapsed_s + max(block_s, block_estimate(load, keys)) > 60.0 * s.gate_budget:
             record.stopped = (f"--llm-gate-budget {s.gate_budget:g} min spent: {len(open_)} cell(s) still "
                               "inconclusive")
             break

@@ -145,3 +145,32 @@ def test_ab_through_llm_load_catches_four_sequences_at_32_users(pytester: pytest
 def _span(counts: Counter[int]) -> str:
     low, high = min(counts.values()), max(counts.values())
     return f"{low}-{high}" if low != high else str(low)
+
+
+ONE_CELL = """
+    def test_load(llm_load):
+        llm_load(users=8, prompt_tokens=63, max_tokens=16)
+"""
+
+
+def test_repeats_auto_is_stopped_by_the_gate_budget(pytester: pytest.Pytester) -> None:
+    """`--llm-repeats auto` on two launched servers taking turns: a gate too tight for 2 repeats to decide
+    (0.01 %) asks for another look, but a block a side (two server starts, warm-up, the cell) cannot end
+    within the budget (3 s): the session stops, says so, and judges what it has."""
+    pytester.makepyfile(ONE_CELL)
+    result = pytester.runpytest_subprocess("--llm-candidate-server-arg=--max-num-seqs=256", "--llm-repeats=auto",
+                                           "--llm-gate-budget=0.05", "--llm-compare-fail=e2e_p50:0.01%",
+                                           "-p", "no:cacheprovider", timeout=900)
+    report = _report(pytester.path / "llmload-report")
+    candidate = _report(pytester.path / "llmload-report" / "candidate")
+    looks = report["extra"]["repeats_auto"]
+    assert report["extra"]["ab_mode"]["mode"] == "alternate"
+    assert all(c["ok"] for c in report["cells"] + candidate["cells"])
+    # 2 repeats a side (an invalid one measured again may add one), nothing more.
+    assert 2 <= len(report["cells"]) <= 4 and 2 <= len(candidate["cells"]) <= 4
+    if looks["undecided"]:  # as expected at 2 repeats: the budget stopped it
+        assert looks["stopped"].startswith("--llm-gate-budget 0.05 min spent") and looks["looks"] == 1, looks
+        result.stdout.fnmatch_lines(["*--llm-repeats auto: 1 look(s) of at most 9 *; --llm-gate-budget 0.05 min "
+                                     "spent: 1 cell(s) still inconclusive"])
+    else:  # a start-to-start difference large enough to decide at 0.01 % even with 2 repeats
+        assert report["extra"]["verdict"]["verdict"] in ("regression", "improved"), looks

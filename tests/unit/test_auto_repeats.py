@@ -158,3 +158,11 @@ def test_auto_needs_a_gate_and_max_repeats_at_least_two() -> None:
     with pytest.raises(Exception, match="must be 2 or more"):
         parse_max_repeats("1")
     assert Settings(repeats="auto").effective_repeats == 2
+
+
+def test_a_block_that_would_not_end_within_the_budget_is_not_started() -> None:
+    """Before the first extra block its duration is estimated from the cells' last repeats (about 1 s
+    each here, 2 cells on 2 sides): a budget of 1.2 s does not cover it."""
+    load, log = _ab(b_level=1.0, spread=0.1, gate_budget=0.02)
+    record = _auto(load)
+    assert record.looks == 1 and record.stopped.startswith("--llm-gate-budget 0.02 min spent") and len(log) == 8
