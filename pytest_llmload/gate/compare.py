@@ -500,6 +500,7 @@ class Comparison:
     kind: str = "baseline"
     forced: bool = False
     sides: tuple[str, str] = ("now", "in the baseline")
+    confidence: float = CONFIDENCE  # of each one-sided bound (lower under --llm-repeats auto's looks)
 
     @property
     def mismatches(self) -> list[str]:
@@ -544,7 +545,7 @@ class Comparison:
         return {
             "kind": self.kind, "baseline_name": self.baseline_name, "current_name": self.current_name,
             "sides": list(self.sides), "gates": [str(g) for g in self.gates], "summary": self.summary(),
-            "failed": self.failed, "forced": self.forced, "confidence": CONFIDENCE,
+            "failed": self.failed, "forced": self.forced, "confidence": self.confidence,
             "differences": [d.to_dict() for d in self.differences],
             "cells": [c.to_dict() for c in self.cells],
             "run_gates": [g.to_dict() for g in self.run_gates],
@@ -603,7 +604,7 @@ def compare(current: RunResult, baseline: RunResult, gates: Sequence[Gate] = (),
         differences=diffs,
         run_gates=[evaluate_run_gate(current, baseline, g, sides, confidence) for g in gates if g.run_level],
         baseline_name=baseline_name, current_name=current_name, kind=kind,
-        forced=bool(force and deployment and kind == "baseline"), sides=sides,
+        forced=bool(force and deployment and kind == "baseline"), sides=sides, confidence=confidence,
     )
 
 
