@@ -200,6 +200,9 @@ class Settings:
     ab_mode: str = "auto"
     warmup: str | None = None  # None: "cell" when gating (comparing, saving a baseline, a candidate), else "none"
     baseline_starts: int = 1
+    # Workloads production sees (issue 21)
+    workload: str | None = None
+    workload_speed: float = 1.0
 
     @classmethod
     def from_values(cls, cli: Callable[[str], Any], ini: Callable[[str], Any],
@@ -408,6 +411,29 @@ OPTIONS: tuple[Option, ...] = (
     Option("baseline-starts", "With --llm-save-baseline and a server the session starts: start it N times, "
            "each start one session of the baseline (fresh placement, caches, compilation), so that the baseline "
            "can judge from its first save.", parse_positive_int, "N"),
+)
+OPTIONS_BY_DEST = {o.dest: o for o in OPTIONS}
+
+
+def parse_workload(value: str) -> str:
+    """A JSONL workload file that reads and checks (a bad line fails here, naming it)."""
+    from .load.trace import WorkloadError, load_workload  # noqa: PLC0415 - only with --llm-workload
+
+    try:
+        load_workload(value)
+    except WorkloadError as exc:
+        raise _fail(str(exc)) from None
+    return value
+
+
+OPTIONS += (
+    # --- workloads production sees (issue 21): a recorded trace to replay
+    Option("workload", "JSONL trace to replay (one request a line: prompt_tokens or prompt, output_tokens, "
+           "optional arrival_s, conversation_id, turn): what llm_load.replay() sends without a path, and what "
+           "objectives with workload=NAME (the file's stem) measure. Checked when read: a bad line fails the "
+           "session naming it.", parse_workload, "PATH"),
+    Option("workload-speed", "Open-loop replay of --llm-workload: the trace's arrival times divided by this "
+           "(2: twice the rate).", parse_positive_float, "X"),
 )
 OPTIONS_BY_DEST = {o.dest: o for o in OPTIONS}
 
