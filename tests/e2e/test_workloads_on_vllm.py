@@ -45,7 +45,9 @@ def test_cold_and_warm_cells_differ_as_the_server_counters_say(runner: LoadRunne
     warm = runner.run_cell(CellSpec(**{**_fields(spec), "cache": "warm"}))
     assert cold.ok and warm.ok and cold.valid and warm.valid, (cold.invalid_reasons, warm.invalid_reasons)
     assert cold.prefix_cache_hit_rate is not None and cold.prefix_cache_hit_rate < 0.05
-    assert warm.prefix_cache_hit_rate is not None and warm.prefix_cache_hit_rate > 0.9
+    # vLLM caches whole blocks and always computes the last token: on the CPU build (blocks of 128 tokens)
+    # a warm 480-token prompt finds 3 blocks, 384 tokens: a hit rate of 0.8.
+    assert warm.prefix_cache_hit_rate is not None and warm.prefix_cache_hit_rate >= 0.75
     assert warm.extra["server_metrics"]["counters"]["prefix_cache_queries"] >= 4 * 480
     print("cold", cold.prefix_cache_hit_rate, cold.ttft, "warm", warm.prefix_cache_hit_rate, warm.ttft)
 
