@@ -247,3 +247,14 @@ def test_workload_arrivals_need_a_positive_speed() -> None:
     w = Workload("w", ())
     with pytest.raises(WorkloadError):
         w.arrivals()
+
+
+@pytest.mark.parametrize(("host", "dev"), [("127.0.0.1", True), ("localhost", True), ("::1", True),
+                                           ("0.0.0.0", False), ("10.1.2.3", False)])
+def test_dev_mode_only_for_a_server_on_loopback(tmp_path: Path, host: str, dev: bool) -> None:
+    from pytest_llmload.server.spec import ServerSpec, build_argv, server_env
+
+    spec = ServerSpec(model="m", served_model_name="m", host=host, device="cpu")
+    env = server_env(spec, tmp_path, base={"VLLM_SERVER_DEV_MODE": "1"})
+    assert (env.get("VLLM_SERVER_DEV_MODE") == "1") is dev
+    assert "--enable-prompt-tokens-details" in build_argv(spec, 8000)
