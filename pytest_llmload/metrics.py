@@ -12,6 +12,9 @@ Definitions follow vLLM's `benchmarks/serve` (and GuideLLM):
 - total tokens/s: the sum of output tokens of successful requests / the cell's duration, from the
   first request start to the last request end (the study's Fig. 2).
 - requests/s: successful requests / the cell's duration.
+- TTFC: arrival of the first chunk with answer content (not reasoning) minus request start; the TTFT
+  of a stream without reasoning.
+- reasoning tokens: per request that carried reasoning (usage's count, else its reasoning chunks).
 - start spread: the last request start minus the first, i.e. how long the client needed to put all
   N requests on the wire; large values mean "simultaneous" was not.
 """
@@ -51,6 +54,8 @@ def cell_stats(records: Sequence[RequestRecord]) -> CellStats:
         **dists,
         total_tokens_per_s=out_tokens / duration if duration > 0 else 0.0,
         requests_per_s=len(ok) / duration if duration > 0 else 0.0,
+        prefix_cache_hit_rate=None,  # from the server's counters: the runner adds it
+        goodput=None,  # needs per-request limits: the runner adds it
         requests_ok=len(ok),
         requests_failed=len(records) - len(ok),
         errors=dict(Counter(r.error for r in records if r.error is not None)),

@@ -14,9 +14,16 @@ An objective is a keyword, the way a platform team writes it down:
     first_ttft_ms=500             the first request after ready had its first token within 500 ms   the
                                   cell was measured on; not measured for an attached server)
 
+    ttfc_p95_ms=800               time to the first answer token (after any reasoning)
+    reasoning_tokens_p95=2000     reasoning tokens per request
+    prefix_cache_hit_rate_min=0.5 the server found half the cell's prompt tokens in its prefix cache
+    goodput_min=0.95              95 % of requests met the per-request limits `goodput_ttft_ms=`,
+                                  `goodput_tpot_ms=` (given with it; else those the cell was run with)
+
 Selectors say which cells an objective is about: `users=32` (or a list), `prompt_tokens=480` (or a list),
-`max_tokens=100`; `name=` labels it; `min_users=64` turns it into a capacity objective ("the server holds
-at least 64 users while meeting the rest").
+`max_tokens=100`, `turns=4` (conversations), `cache=cold|warm|uncontrolled`, `workload=NAME` (a replayed
+trace); `name=` labels it; `min_users=64` turns it into a capacity objective ("the server holds at least
+64 users while meeting the rest").
 """
 
 from __future__ import annotations
@@ -30,9 +37,11 @@ from typing import Any, Protocol
 
 from .errors import ConfigError, InvalidMeasurement, InvalidMeasurementWarning, SLOViolation
 from .vocabulary import (ERROR_RATE_KEY, OBJECTIVE_KEY_HELP, RUN_METRICS, SERVER_START, Distribution,
-                         parse_limit_key)
+                         goodput_of, parse_limit_key)
 
-SELECTORS = ("users", "prompt_tokens", "max_tokens", "name", "min_users")
+SELECTORS = ("users", "prompt_tokens", "max_tokens", "name", "min_users", "turns", "cache", "workload",
+             "goodput_ttft_ms", "goodput_tpot_ms")
+CACHE_STATES = ("cold", "warm", "uncontrolled")
 KEY_HELP = OBJECTIVE_KEY_HELP + "; selectors " + ", ".join(SELECTORS)
 
 
@@ -106,6 +115,7 @@ class Objective:
     upper: bool  # True: observed must stay at or below the limit; False: at or above
     unit: str  # for messages: "s", "ms", "tok/s", "req/s", ""
     scale: float = 1.0  # display value = base value * scale (1000 for ms)
+    goodput_limits: tuple[float | None, float | None] | None = None  # goodput: per-request TTFT, TPOT (s)
 
     @property
     def property_name(self) -> str:
@@ -127,6 +137,8 @@ class Objective:
         stats = cell.stats
         if stats is None:
             return None
+        if self.metric == "goodput" and self.goodput_limits is not None:
+            return goodput_of(getattr(cell, "records", ()), *self.goodput_limits)
         if self.metric == "error_rate":
             total = stats.requests_ok + stats.requests_failed
             return stats.requests_failed / total if total else None
@@ -205,6 +217,9 @@ class SLO:
     max_tokens: int | None = None
     name: str | None = None
     min_users: int | None = None
+    turns: int | None = None
+    cache: str | None = None
+    workload: str | None = None
     source: str = ""  # where it was declared, for messages
     error_rate: Objective = field(default_factory=lambda: parse_objective(ERROR_RATE_KEY, 0, ""))
     error_rate_given: bool = False  # error_rate_max was written (else the default: every request succeeds)
@@ -219,7 +234,15 @@ class SLO:
         if not objectives and not explicit_errors:
             raise ConfigError(f"{where}: no objective given; objectives are {KEY_HELP}")
         max_tokens = _int_set(kwargs.get("max_tokens"), "max_tokens", where)
+        objectives = _with_goodput_limits(objectives, kwargs, where)
+        turns = _int_set(kwargs.get("turns"), "turns", where)
+        cache = None if kwargs.get("cache") is None else str(kwargs["cache"])
+        if cache is not None and cache not in CACHE_STATES:
+            raise ConfigError(f"{where}: cache={cache!r}; expected one of {', '.join(CACHE_STATES)}")
         return cls(
+            turns=None if turns is None else min(turns),
+            cache=cache,
+            workload=None if kwargs.get("workload") is None else str(kwargs["workload"]),
             objectives=tuple(objectives),
             users=_int_set(kwargs.get("users"), "users", where),
             prompt_tokens=_int_set(kwargs.get("prompt_tokens"), "prompt_tokens", where),
@@ -266,7 +289,10 @@ class SLO:
         """Whether the selectors match this cell (an unset selector matches every cell)."""
         return ((self.users is None or cell.users in self.users)
                 and (self.prompt_tokens is None or cell.prompt_tokens in self.prompt_tokens)
-                and (self.max_tokens is None or cell.max_tokens == self.max_tokens))
+                and (self.max_tokens is None or cell.max_tokens == self.max_tokens)
+                and (self.turns is None or getattr(cell, "turns", 1) == self.turns)
+                and (self.cache is None or getattr(cell, "cache", "") == self.cache)
+                and (self.workload is None or getattr(cell, "workload", "") == self.workload))
 
     def evaluate(self, cell: Judged) -> list[tuple[Objective, float | None, bool]]:
         """(objective, observed, met) for every objective, the error-rate objective included."""
@@ -314,7 +340,30 @@ class SLO:
                                      ("prompt_tokens", self.prompt_tokens)) if values]
         if self.max_tokens is not None:
             where.append(f"max_tokens={self.max_tokens}")
+        where += [f"{key}={value}" for key, value in (("turns", self.turns), ("cache", self.cache),
+                                                      ("workload", self.workload)) if value is not None]
         return f"{what} at {' '.join(where)}" if where else what
+
+
+def _with_goodput_limits(objectives: list[Objective], kwargs: Mapping[str, Any], where: str) -> list[Objective]:
+    """`goodput_ttft_ms=` / `goodput_tpot_ms=` are the per-request limits of a `goodput_min` objective."""
+    limits: list[float | None] = []
+    for key in ("goodput_ttft_ms", "goodput_tpot_ms"):
+        value = kwargs.get(key)
+        if value is None:
+            limits.append(None)
+            continue
+        try:
+            limits.append(float(value) / 1000.0)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: {key}={value!r} is not a number of milliseconds") from None
+    if limits == [None, None]:
+        return objectives
+    if not any(o.metric == "goodput" for o in objectives):
+        raise ConfigError(f"{where}: goodput_ttft_ms / goodput_tpot_ms are the limits of a goodput objective: "
+                          "add goodput_min=")
+    pair = (limits[0], limits[1])
+    return [replace(o, goodput_limits=pair) if o.metric == "goodput" else o for o in objectives]
 
 
 def start_phases(start: Mapping[str, Any]) -> str:

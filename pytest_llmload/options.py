@@ -235,6 +235,9 @@ class Settings:
     history: str | None = None
     history_label: str | None = None
     export: tuple[str, ...] = ()
+    # Workloads production sees (issue 21)
+    workload: str | None = None
+    workload_speed: float = 1.0
 
     @classmethod
     def from_values(cls, cli: Callable[[str], Any], ini: Callable[[str], Any],
@@ -470,6 +473,29 @@ OPTIONS: tuple[Option, ...] = (
            "files of vllm bench serve, one folder per cell, one file per repeat), github-benchmark "
            "(github-action-benchmark custom tools), bencher (Bencher Metric Format).", parse_export_list,
            "FORMATS", shown_default="none"),
+)
+OPTIONS_BY_DEST = {o.dest: o for o in OPTIONS}
+
+
+def parse_workload(value: str) -> str:
+    """A JSONL workload file that reads and checks (a bad line fails here, naming it)."""
+    from .load.trace import WorkloadError, load_workload  # noqa: PLC0415 - only with --llm-workload
+
+    try:
+        load_workload(value)
+    except WorkloadError as exc:
+        raise _fail(str(exc)) from None
+    return value
+
+
+OPTIONS += (
+    # --- workloads production sees (issue 21): a recorded trace to replay
+    Option("workload", "JSONL trace to replay (one request a line: prompt_tokens or prompt, output_tokens, "
+           "optional arrival_s, conversation_id, turn): what llm_load.replay() sends without a path, and what "
+           "objectives with workload=NAME (the file's stem) measure. Checked when read: a bad line fails the "
+           "session naming it.", parse_workload, "PATH"),
+    Option("workload-speed", "Open-loop replay of --llm-workload: the trace's arrival times divided by this "
+           "(2: twice the rate).", parse_positive_float, "X"),
 )
 OPTIONS_BY_DEST = {o.dest: o for o in OPTIONS}
 

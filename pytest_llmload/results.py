@@ -45,11 +45,19 @@ class CellSpec:
     duration_s: float | None = None  # open loop: how long to keep sending
     poisson: bool = True  # open loop: exponential inter-arrival times (else constant)
     seed: int = 0
+    turns: int = 1  # > 1: each user holds a conversation of this many turns (chat API; load/conversation.py)
+    think_time_s: float = 0.0  # conversations: pause between a reply and the user's next turn
+    cache: str = ""  # prefix-cache state asked for: "cold", "warm", "uncontrolled", or "" (not controlled)
+    workload: Any = None  # a `load.trace.Workload` to replay instead of prompts of one size
+    speed: float = 1.0  # open-loop replay: the trace's arrival times divided by this
+    goodput_ttft_s: float | None = None  # per-request limits a "good" request meets (goodput)
+    goodput_tpot_s: float | None = None
 
     @property
     def key(self) -> CellKey:
         """What makes two measurements repeats of one cell: the one key for plans, matrices and gates."""
-        return CellKey(self.mode, self.users, self.prompt_tokens, self.max_tokens, self.rounds, self.rate)
+        return CellKey(self.mode, self.users, self.prompt_tokens, self.max_tokens, self.rounds, self.rate,
+                       self.turns, self.think_time_s, self.cache, workload_name(self.workload), self.speed)
 
     @property
     def label(self) -> str:
@@ -67,13 +75,33 @@ class CellKey:
     max_tokens: int
     rounds: int = 1
     rate: float | None = None
+    # Workloads (defaults leave the keys of plain cells, and of files written before them, as they were).
+    turns: int = 1
+    think_time_s: float = 0.0
+    cache: str = ""
+    workload: str = ""  # a replayed trace's name
+    speed: float = 1.0
 
     @property
     def label(self) -> str:
-        """`users=8 prompt_tokens=63 max_tokens=100` (and `rounds=3` when the cell has more than one)."""
+        """`users=8 prompt_tokens=63 max_tokens=100` (and `rounds=3`, `turns=4`, `cache=cold`,
+        `workload=NAME` when they are not the defaults)."""
+        if self.workload:
+            head = (f"workload={self.workload} speed={self.speed:g}x" if self.mode == "open"
+                    else f"workload={self.workload} users={self.users}")
+            return head + (f" cache={self.cache}" if self.cache else "")
         head = f"rate={self.rate:g}/s" if self.mode == "open" and self.rate is not None else f"users={self.users}"
-        rounds = f" rounds={self.rounds}" if self.rounds != 1 else ""
-        return f"{head} prompt_tokens={self.prompt_tokens} max_tokens={self.max_tokens}{rounds}"
+        extras = [f"rounds={self.rounds}" if self.rounds != 1 else "",
+                  f"turns={self.turns}" if self.turns != 1 else "",
+                  f"think_time_s={self.think_time_s:g}" if self.think_time_s else "",
+                  f"cache={self.cache}" if self.cache else ""]
+        tail = "".join(f" {e}" for e in extras if e)
+        return f"{head} prompt_tokens={self.prompt_tokens} max_tokens={self.max_tokens}{tail}"
+
+
+def workload_name(workload: Any) -> str:
+    """The name a replayed trace goes by in keys and labels ("" when the cell replays none)."""
+    return "" if workload is None else str(getattr(workload, "name", workload))
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,10 +118,26 @@ class RequestRecord:
     expected_prompt_tokens: int | None = None  # what the workload sized the prompt to
     error: str | None = None  # one of ERROR_KINDS, None for success
     error_detail: str | None = None
+    conversation: int | None = None  # conversations and traces: the conversation the request belongs to
+    turn: int | None = None  # ... and its turn in it (0 first)
+    # A stream that carried reasoning (`reasoning_content` / `reasoning` deltas): when its first answer
+    # (content) chunk arrived, and its reasoning tokens (the server's usage when it reports them, else
+    # the reasoning chunks: a lower bound). Both None for a stream without reasoning.
+    first_content: float | None = None
+    reasoning_tokens: int | None = None
+    cached_tokens: int | None = None  # usage.prompt_tokens_details.cached_tokens, when the server reports it
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def ttfc(self) -> float | None:
+        """Time to the first content (answer) token: the TTFT of a stream without reasoning; None for a
+        reasoning stream that never reached its answer."""
+        if self.reasoning_tokens is None:
+            return self.ttft
+        return None if self.first_content is None else self.first_content - self.start
 
     @property
     def e2e(self) -> float:
@@ -132,6 +176,10 @@ class CellStats:
     start_spread_s: float
     duration_s: float
     prompt_tokens_mismatches: int = 0  # requests whose usage.prompt_tokens differed from the size asked
+    prefix_cache_hit_rate: float | None = None  # the server's prefix-cache hits / queries during the cell
+    goodput: float | None = None  # share of the cell's requests that met its per-request limits
+    ttfc: Distribution | None = None  # time to first content token (reasoning excluded)
+    reasoning_tokens: Distribution | None = None  # per request, over streams that carried reasoning
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {}
@@ -139,7 +187,8 @@ class CellStats:
             dist = getattr(self, name)
             d[METRICS[name].key] = None if dist is None else dist.to_dict()
         for name in ("total_tokens_per_s", "requests_per_s", "requests_ok", "requests_failed",
-                     "errors", "start_spread_s", "duration_s", "prompt_tokens_mismatches"):
+                     "errors", "start_spread_s", "duration_s", "prompt_tokens_mismatches",
+                     "prefix_cache_hit_rate", "goodput"):
             d[name] = getattr(self, name)
         return d
 
@@ -184,6 +233,11 @@ class CellResult:
     t0_monotonic_ns: int | None = None
     t0_unix_ns: int | None = None
     rounds: int = 1  # closed loop: requests each user sent one after another
+    turns: int = 1  # conversations: turns per user
+    think_time_s: float = 0.0
+    cache: str = ""  # the prefix-cache state asked for ("" not controlled); what it was: extra["prefix_cache"]
+    workload: str = ""  # the replayed trace's name
+    speed: float = 1.0
 
     def __repr__(self) -> str:
         # Short, so that a failed plain `assert result.e2e.p95 < 20` names the cell instead of dumping records.
@@ -230,12 +284,29 @@ class CellResult:
     @property
     def key(self) -> CellKey:
         """The cell's identity: measurements with equal keys are repeats of one cell."""
-        return CellKey(self.mode, self.users, self.prompt_tokens, self.max_tokens, self.rounds, self.rate)
+        return CellKey(self.mode, self.users, self.prompt_tokens, self.max_tokens, self.rounds, self.rate,
+                       self.turns, self.think_time_s, self.cache, self.workload, self.speed)
 
     @property
     def label(self) -> str:
         """How reports and failure messages name the cell."""
         return self.key.label
+
+    @property
+    def ttfc(self) -> Distribution | None:
+        return self.stats.ttfc if self.stats else None
+
+    @property
+    def prefix_cache_hit_rate(self) -> float | None:
+        return self.stats.prefix_cache_hit_rate if self.stats else None
+
+    @property
+    def goodput(self) -> float | None:
+        return self.stats.goodput if self.stats else None
+
+    def turn_records(self, turn: int) -> tuple[RequestRecord, ...]:
+        """The records of one turn of a conversation cell (0 first)."""
+        return tuple(r for r in self.records if r.turn == turn)
 
     def assert_slo(self, **limits: float) -> None:
         """Raise `SLOViolation` naming cell, metric, observed value and limit for every missed objective."""
@@ -249,6 +320,7 @@ class CellResult:
             "mode": self.mode,
             "rate": self.rate,
             "rounds": self.rounds,
+            **{k: getattr(self, k) for k, default in _WORKLOAD_DEFAULTS.items() if getattr(self, k) != default},
             "ok": self.ok,
             "error": self.error,
             "valid": self.valid,
@@ -280,7 +352,12 @@ class CellResult:
             t0_monotonic_ns=d.get("t0_monotonic_ns"),
             t0_unix_ns=d.get("t0_unix_ns"),
             rounds=int(d.get("rounds") or 1),
+            **{k: d.get(k, default) for k, default in _WORKLOAD_DEFAULTS.items()},
         )
+
+
+# Cell fields a workload sets; written only when not the default, so plain cells keep their JSON shape.
+_WORKLOAD_DEFAULTS: dict[str, Any] = {"turns": 1, "think_time_s": 0.0, "cache": "", "workload": "", "speed": 1.0}
 
 
 @dataclass

@@ -14,6 +14,11 @@ Definitions follow vLLM's `benchmarks/serve` and GuideLLM (see `metrics.py` for 
     tokens_per_s_per_user  output tokens / e2e                                     per request, tok/s
     total_tokens_per_s     output tokens of successful requests / cell duration    per cell, tok/s
     requests_per_s         successful requests / cell duration                     per cell, req/s
+    ttfc                   first chunk carrying answer content - request start     per request, s
+                           (= TTFT without reasoning; reasoning chunks do not count)
+    reasoning_tokens       tokens of the reasoning part of a stream                per request, tokens
+    prefix_cache_hit_rate  the server's prefix-cache hits / queries (/metrics deltas) per cell, fraction
+    goodput                requests meeting every per-request limit / all requests  per cell, fraction
 
 Run-level metrics (`RUN_METRICS`), one value per start of a server the session launched:
 
@@ -50,6 +55,12 @@ class RecordLike(Protocol):
     def chunk_times(self) -> tuple[float, ...]: ...
     @property
     def output_tokens(self) -> int | None: ...
+    @property
+    def ttfc(self) -> float | None: ...
+    @property
+    def reasoning_tokens(self) -> int | None: ...
+    @property
+    def ok(self) -> bool: ...
 
 
 # ------------------------------------------------------------------------------------ statistics
@@ -142,6 +153,23 @@ def _one(value: float | None) -> list[float]:
     return [] if value is None else [value]
 
 
+def goodput_of(records: Sequence[RecordLike], ttft_s: float | None = None, tpot_s: float | None = None) -> float | None:
+    """The share of requests that met every per-request limit given (TTFT, TPOT), as vLLM's bench
+    (`--goodput ttft:MS tpot:MS`) and GuideLLM judge a request: a failed request is not good, and a
+    request whose TPOT is undefined (one token) is judged on TTFT alone. None without requests or limits."""
+    if not records or (ttft_s is None and tpot_s is None):
+        return None
+    good = 0
+    for r in records:
+        if not r.ok or (ttft_s is not None and (r.ttft is None or r.ttft > ttft_s)):
+            continue
+        tpot = time_per_output_token(r)
+        if tpot_s is not None and tpot is not None and tpot > tpot_s:
+            continue
+        good += 1
+    return good / len(records)
+
+
 # ------------------------------------------------------------------------------------ the registry
 
 
@@ -191,8 +219,16 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
            scale=1000.0, json_key="tpot_s", limit_stats=_LATENCY_LIMITS),
     Metric("tokens_per_s_per_user", "Tokens/s per user", "tok/s", lambda r: _one(tokens_per_s(r)),
            higher_is_better=True, limit_stats=_SPEED_LIMITS),
+    Metric("ttfc", "Time to first content token (ms), TTFC", "ms", lambda r: _one(r.ttfc), scale=1000.0,
+           decimals=0, json_key="ttfc_s", limit_stats=_LATENCY_LIMITS),
+    Metric("reasoning_tokens", "Reasoning tokens per request", "tok",
+           lambda r: _one(None if r.reasoning_tokens is None else float(r.reasoning_tokens)), decimals=0,
+           limit_stats=_LATENCY_LIMITS),
     Metric("total_tokens_per_s", "Total tokens/s", "tok/s", None, higher_is_better=True),
     Metric("requests_per_s", "Requests/s", "req/s", None, decimals=2, higher_is_better=True),
+    Metric("prefix_cache_hit_rate", "Prefix-cache hit rate", "", None, higher_is_better=True, decimals=2),
+    Metric("goodput", "Goodput (share of requests within their limits)", "", None, higher_is_better=True,
+           decimals=3),
 )}
 DISTRIBUTIONS = tuple(name for name, m in METRICS.items() if not m.scalar)
 SCALARS = tuple(name for name, m in METRICS.items() if m.scalar)
@@ -246,11 +282,13 @@ def value_of(stats: Any, name: str, stat: str | None = "mean") -> float | None:
 _LATENCY = tuple(n for n, m in METRICS.items() if m.unit in ("s", "ms"))
 _LATENCY_KEY = re.compile(rf"^({'|'.join(_LATENCY)})_({'|'.join(_LATENCY_LIMITS)})_(s|ms)$")
 _SPEED_KEY = re.compile(rf"^tokens_per_s_per_user_({'|'.join(_SPEED_LIMITS)})$")
+_COUNT_KEY = re.compile(rf"^reasoning_tokens_({'|'.join(_LATENCY_LIMITS)})$")
 _SCALAR_KEYS = {f"{n}{suffix}": n for n in SCALARS for suffix in ("", "_min")}
 _RUN_KEY = re.compile(rf"^({'|'.join(RUN_METRICS)})_(s|ms)$")
 ERROR_RATE_KEY = "error_rate_max"
 
 OBJECTIVE_KEY_HELP = (f"{'|'.join(_LATENCY)} _ {'|'.join(_LATENCY_LIMITS)} _ s|ms (upper limits); "
+                      f"reasoning_tokens_{'|'.join(_LATENCY_LIMITS)} (upper limits); "
                       f"tokens_per_s_per_user_{'|'.join(_SPEED_LIMITS)}, {', '.join(SCALARS)} (lower limits); "
                       f"{'|'.join(RUN_METRICS)} _ s|ms (upper limits on the server's start); {ERROR_RATE_KEY}")
 
@@ -273,6 +311,8 @@ def parse_limit_key(key: str) -> LimitKey | None:
         return LimitKey(name, stat, True, unit, 1000.0 if unit == "ms" else 1.0)
     if m := _SPEED_KEY.match(key):
         return LimitKey("tokens_per_s_per_user", m.group(1), False, "tok/s")
+    if m := _COUNT_KEY.match(key):
+        return LimitKey("reasoning_tokens", m.group(1), True, "tok")
     if key in _SCALAR_KEYS:
         name = _SCALAR_KEYS[key]
         return LimitKey(name, None, False, METRICS[name].unit)

@@ -36,6 +36,8 @@ DETAIL_CHARS = 500
 # quotes would be escaped), so these cannot be fooled by generated text.
 _SPECIAL = re.compile(rb'"(?:usage"\s*:\s*\{|error"|finish_reason"\s*:\s*"|role"|object"\s*:\s*"error)')
 _CONTENT = re.compile(rb'"(?:text|content|reasoning_content|reasoning)"\s*:\s*"[^"]')
+# The answer itself (not reasoning): TTFC is the first chunk that has one.
+_ANSWER = re.compile(rb'"(?:text|content)"\s*:\s*"[^"]')
 # A byte that, between the template's head and tail, could end the JSON string or the SSE line.
 # (A search that finds nothing allocates nothing: cheaper than a fullmatch of the allowed bytes.)
 _NOT_TEXT = re.compile(rb'["\\\n]')
@@ -62,12 +64,14 @@ class Endpoint:
         return cls(u.hostname, u.port or (443 if tls else 80), tls, u.path, u.netloc, api_key)
 
 
-def request_body(api: str, model: str, prompt: str, max_tokens: int) -> dict[str, Any]:
-    """The JSON body of one streamed generation request: exactly `max_tokens` tokens, usage at the end."""
+def request_body(api: str, model: str, prompt: str, max_tokens: int,
+                 history: list[dict[str, str]] | None = None) -> dict[str, Any]:
+    """The JSON body of one streamed generation request: exactly `max_tokens` tokens, usage at the end.
+    `history`: a conversation's earlier messages (chat), sent before the new user message."""
     body: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "stream": True, "ignore_eos": True,
                             "stream_options": {"include_usage": True}}
     if api == "chat":
-        body["messages"] = [{"role": "user", "content": prompt}]
+        body["messages"] = [*(history or ()), {"role": "user", "content": prompt}]
     elif api == "completions":
         body["prompt"] = prompt
     else:
@@ -99,8 +103,16 @@ def error_kind(status: int) -> str:
 class StreamProtocol(asyncio.Protocol):
     """Parses one HTTP/1.1 response (chunked, Content-Length or until close) carrying SSE events."""
 
-    def __init__(self, done: asyncio.Future[None]) -> None:
+    def __init__(self, done: asyncio.Future[None], keep_text: bool = False) -> None:
         self.done = done
+        # A conversation needs the reply to send it back as history: every event is then decoded in full
+        # (never the fast path) and its answer text kept.
+        self.keep_text = keep_text
+        self.text: list[str] = []
+        self.first_content: float | None = None  # first chunk with answer content (not reasoning)
+        self.reasoning_chunks = 0
+        self.reasoning_tokens: int | None = None  # usage.completion_tokens_details.reasoning_tokens
+        self.cached_tokens: int | None = None  # usage.prompt_tokens_details.cached_tokens
         self.transport: asyncio.Transport | None = None
         self.now = 0.0  # arrival time of the data being parsed
         self.start: float | None = None
@@ -128,6 +140,8 @@ class StreamProtocol(asyncio.Protocol):
         # The last plain token chunk, cut around its text: (`data: {...,"text":"`, `",...}\n\n\r\n`).
         self._tpl_head = b""
         self._tpl_tail = b""
+        self._tpl_answer = True  # the template's text is answer content (else reasoning)
+        self._answer = True  # the kind of the chunk `_token_chunk` last recognised
 
     # ---- asyncio callbacks ---------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -154,7 +168,7 @@ class StreamProtocol(asyncio.Protocol):
     def _settle(self) -> None:
         """After the general parser: may the next read take the fast path?"""
         self._between = (self.end is None and self.status == 200 and self._chunked and self._need < 0
-                         and not self._raw and not self._sse and not self._data)
+                         and not self._raw and not self._sse and not self._data and not self.keep_text)
 
     def _fast_chunks(self, data: bytes) -> None:
         """The hot path: whole HTTP chunks that each hold one plain token event (vLLM sends exactly that,
@@ -171,6 +185,11 @@ class StreamProtocol(asyncio.Protocol):
                 break
             if self.first_token is None:
                 self.first_token = now
+            if self._answer:
+                if self.first_content is None:
+                    self.first_content = now
+            else:
+                self.reasoning_chunks += 1
             times.append(now)
             pos = end
         if pos < n:
@@ -203,6 +222,7 @@ class StreamProtocol(asyncio.Protocol):
         text, text_end = start + len(head), end - len(tail)
         if (head and text < text_end and data.startswith(head, start) and data.startswith(tail, text_end)
                 and _NOT_TEXT.search(data, text, text_end) is None):
+            self._answer = self._tpl_answer
             return end
         return end if self._plain_token_chunk(data, start, end) else -1
 
@@ -216,10 +236,14 @@ class StreamProtocol(asyncio.Protocol):
         m = _CONTENT.search(data, p0, p1)
         if m is None:
             return False
+        answer = _ANSWER.search(data, p0, p1) is not None
+        self._answer = answer
         text = m.end() - 1  # the first byte of the (non-empty) text
         close = data.find(b'"', text, p1)
-        if close > text and data.find(b"\\", text, close) < 0:  # no escapes: `close` ends the string
-            self._tpl_head, self._tpl_tail = data[start:text], data[close:end]
+        # The template is cut around the one text the chunk has (a chunk with reasoning and answer is not one).
+        one_kind = answer == (_ANSWER.match(data, m.start()) is not None)
+        if close > text and data.find(b"\\", text, close) < 0 and one_kind:  # no escapes: `close` ends it
+            self._tpl_head, self._tpl_tail, self._tpl_answer = data[start:text], data[close:end], answer
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -345,8 +369,8 @@ class StreamProtocol(asyncio.Protocol):
             self.saw_done = True
             self._finish()
             return
-        if _is_plain_token(p):
-            self._content()
+        if not self.keep_text and _is_plain_token(p):
+            self._content(_ANSWER.search(p) is not None)
             return
         try:
             obj = json.loads(p)
@@ -365,21 +389,37 @@ class StreamProtocol(asyncio.Protocol):
             return
         usage = obj.get("usage")
         if isinstance(usage, dict):
-            self.prompt_tokens = usage.get("prompt_tokens")
-            self.output_tokens = usage.get("completion_tokens")
+            self._usage(usage)
         choices = obj.get("choices")
         if not isinstance(choices, list):
             if isinstance(usage, dict):
                 return
             self.fail("malformed_sse", f"event without choices: {raw[:200]!r}")
             return
-        if any(_has_content(c) for c in choices):
-            self._content()
+        kinds = [_content_kind(c) for c in choices]
+        if any(kinds):
+            self._content("answer" in kinds)
+            if self.keep_text:
+                self.text.extend(_answer_text(c) for c in choices)
 
-    def _content(self) -> None:
+    def _usage(self, usage: dict[str, Any]) -> None:
+        self.prompt_tokens = usage.get("prompt_tokens")
+        self.output_tokens = usage.get("completion_tokens")
+        prompt_details, completion_details = usage.get("prompt_tokens_details"), usage.get("completion_tokens_details")
+        if isinstance(prompt_details, dict) and isinstance(prompt_details.get("cached_tokens"), int):
+            self.cached_tokens = prompt_details["cached_tokens"]
+        if isinstance(completion_details, dict) and isinstance(completion_details.get("reasoning_tokens"), int):
+            self.reasoning_tokens = completion_details["reasoning_tokens"]
+
+    def _content(self, answer: bool = True) -> None:
         t = self.now
         if self.first_token is None:
             self.first_token = t
+        if answer:
+            if self.first_content is None:
+                self.first_content = t
+        else:
+            self.reasoning_chunks += 1
         self.chunk_times.append(t)
 
     # ---- the end ---------------------------------------------------------------------------------------
@@ -413,14 +453,26 @@ def _is_plain_token(p: bytes) -> bool:
     return p[:1] == b"{" and p[-1:] == b"}" and _SPECIAL.search(p) is None and _CONTENT.search(p) is not None
 
 
-def _has_content(choice: Any) -> bool:
+def _content_kind(choice: Any) -> str:
+    """"answer" (text or content), "reasoning" (reasoning_content / reasoning only) or "" (neither)."""
     if not isinstance(choice, dict):
-        return False
+        return ""
     if choice.get("text"):
-        return True
+        return "answer"
     delta = choice.get("delta")
-    return isinstance(delta, dict) and bool(
-        delta.get("content") or delta.get("reasoning_content") or delta.get("reasoning"))
+    if not isinstance(delta, dict):
+        return ""
+    if delta.get("content"):
+        return "answer"
+    return "reasoning" if delta.get("reasoning_content") or delta.get("reasoning") else ""
+
+
+def _answer_text(choice: Any) -> str:
+    if not isinstance(choice, dict):
+        return ""
+    delta = choice.get("delta")
+    text = choice.get("text") or (delta.get("content") if isinstance(delta, dict) else None)
+    return text if isinstance(text, str) else ""
 
 
 def _error_message(body: str) -> str:
@@ -446,11 +498,15 @@ class StreamRequest:
     """
 
     def __init__(self, endpoint: Endpoint, payload: bytes, *, index: int = 0,
-                 expected_prompt_tokens: int | None = None) -> None:
+                 expected_prompt_tokens: int | None = None, keep_text: bool = False,
+                 conversation: int | None = None, turn: int | None = None) -> None:
         self.endpoint = endpoint
         self.payload = payload
         self.index = index
         self.expected_prompt_tokens = expected_prompt_tokens
+        self.keep_text = keep_text
+        self.conversation = conversation
+        self.turn = turn
         self.proto: StreamProtocol | None = None
         self._done: asyncio.Future[None] | None = None
         self._connect_error: str | None = None
@@ -459,7 +515,7 @@ class StreamRequest:
         """Open the connection; False (and the request is failed as `connect`) when it cannot."""
         loop = asyncio.get_running_loop()
         self._done = loop.create_future()
-        proto = StreamProtocol(self._done)
+        proto = StreamProtocol(self._done, self.keep_text)
         self.proto = proto
         ctx = _ssl.create_default_context() if self.endpoint.tls else None
         try:
@@ -525,6 +581,11 @@ class StreamRequest:
     def finished(self) -> bool:
         return self.proto is not None and self.proto.end is not None
 
+    @property
+    def reply(self) -> str:
+        """The answer text received (kept only with `keep_text`)."""
+        return "" if self.proto is None else "".join(self.proto.text)
+
     def record(self, t0: float) -> RequestRecord:
         """The request as a `RequestRecord`, times relative to the cell start `t0`."""
         p = self.proto
@@ -536,7 +597,17 @@ class StreamRequest:
             first_token=None if p.first_token is None else p.first_token - t0,
             chunk_times=tuple(t - t0 for t in p.chunk_times),
             prompt_tokens=p.prompt_tokens, output_tokens=p.output_tokens,
-            expected_prompt_tokens=self.expected_prompt_tokens, error=p.error, error_detail=p.detail)
+            expected_prompt_tokens=self.expected_prompt_tokens, error=p.error, error_detail=p.detail,
+            conversation=self.conversation, turn=self.turn, **_reasoning_fields(p, t0),
+            cached_tokens=p.cached_tokens)
+
+
+def _reasoning_fields(p: StreamProtocol, t0: float) -> dict[str, Any]:
+    """`first_content` and `reasoning_tokens` of a record: set only for a stream that carried reasoning."""
+    if not p.reasoning_chunks and not p.reasoning_tokens:
+        return {}
+    tokens = p.reasoning_tokens if p.reasoning_tokens is not None else p.reasoning_chunks
+    return {"first_content": None if p.first_content is None else p.first_content - t0, "reasoning_tokens": tokens}
 
 
 async def stream_once(base_url: str, model: str, prompt: str, max_tokens: int = 100, *, api: str = "completions",

@@ -29,13 +29,16 @@ from typing import Any, Protocol, TextIO, TypeVar, runtime_checkable
 
 import httpx
 
-from .client import Endpoint
+from .client import Endpoint, api_path
 from ..control import async_client
 from ..metrics import cell_stats
+from ..vocabulary import goodput_of
 from .progress import Progress
 from .selfcheck import judge_cell
 from ..results import CellResult, CellSpec, RequestRecord
-from .shard import MergedCell, client_section, merge_outcomes, plan_shards
+from .conversation import (CACHE_STATES, conversation_plan, trace_plan, trace_prompts, turn_sections, usage_hit_rate,
+                           warm_prompts)
+from .shard import MergedCell, RequestPlan, client_section, merge_outcomes, plan_shards
 from .worker import Backend, InProcess, LoadWorkerError, Ran, new_event_loop
 from .workload import LocalTokenizer, Prompt, PromptFactory, ServerTokenizer, TokenCounter, matrix
 
@@ -106,7 +109,7 @@ class LoadRunner:
         self.tokenizer_path = tokenizer_path
         self._loop: asyncio.AbstractEventLoop | None = None
         self._http: httpx.AsyncClient | None = None
-        self._factory: PromptFactory | None = None
+        self._factories: dict[str, PromptFactory] = {}  # by API: conversations size chat prompts
         self._dead: str | None = None  # cause of death, once the server is known dead
         # Where the cell's load workers run (see make_backend); started at the first cell.
         self.backend = make_backend(workers, worker_cpus, cluster, ray_address)
@@ -201,31 +204,113 @@ class LoadRunner:
     # ---- a cell -------------------------------------------------------------------------------------
     async def arun_cell(self, spec: CellSpec) -> CellResult:
         """The async version of `run_cell`."""
-        if spec.mode == "open":
+        if spec.workload is not None:
+            label = spec.label
+        elif spec.mode == "open":
             label = f"rate={spec.rate:g}/s P={spec.prompt_tokens}"
         else:
-            label = f"users={spec.users} P={spec.prompt_tokens}"
+            label = f"users={spec.users} P={spec.prompt_tokens}" + (f" turns={spec.turns}" if spec.turns > 1 else "")
         if (cause := self._death_cause()) is not None:
             return self._failed(spec, cause)
         try:
             n, arrivals = self._request_count(spec)
-            prompts = await (await self._prompt_factory()).prompts(spec.prompt_tokens, n)
+            prompts, plan = await self._prompts(spec, n)
         except Exception as e:  # noqa: BLE001 - any sizing failure is this cell's error, not the run's
             # Sizing talks to the server (/tokenize): if it died meanwhile, that is the cause to report.
             cause = self._death_cause() or f"cannot build prompts of {spec.prompt_tokens} tokens: {e!r}"
             return self._failed(spec, cause)
+        cache = await self._prepare_cache(spec, prompts, plan)  # before the observers: warming is not the cell's
         warnings = self._call_observers_before(spec)
         self.progress.start_cell(label, n)
         try:
-            launched = await self._launch(spec, prompts, arrivals, n)
+            launched = await self._launch(spec, prompts, arrivals, n, plan)
         except LoadWorkerError as e:  # a worker crashed or could not start: this cell fails, the run goes on
             return self._failed(spec, self._death_cause() or str(e))
         finally:
             self._abort_all("timeout", "cell cancelled")
             self.progress.end_cell()
-        return self._result(spec, launched, warnings)
+        return self._result(spec, launched, warnings, cache)
+
+    async def _prompts(self, spec: CellSpec, n: int) -> tuple[list[Prompt], RequestPlan | None]:
+        """The cell's prompts, and what a workload adds to them (None for a plain cell)."""
+        if spec.workload is not None:
+            factory = await self._prompt_factory()
+            return (await trace_prompts(spec.workload, factory),
+                    trace_plan(spec.workload, closed=spec.mode != "open"))
+        if spec.turns > 1:
+            factory = await self._prompt_factory("chat")
+            return await factory.prompts(spec.prompt_tokens, n), conversation_plan(spec.users, spec.turns)
+        return await (await self._prompt_factory()).prompts(spec.prompt_tokens, n), None
+
+    async def _prepare_cache(self, spec: CellSpec, prompts: list[Prompt], plan: RequestPlan | None) -> dict[str, Any] | None:
+        """Put the server's prefix cache in the state the cell asks for (see `conversation.py`); what it
+        was, for `extra["prefix_cache"]`."""
+        if not spec.cache:
+            return None
+        if spec.cache not in CACHE_STATES:
+            return {"asked": spec.cache, "state": "uncontrolled",
+                    "reason": f"unknown cache state {spec.cache!r}; expected one of {', '.join(CACHE_STATES)}"}
+        if spec.cache == "uncontrolled":
+            return {"asked": spec.cache, "state": "uncontrolled", "reason": "not controlled, as asked"}
+        if self._http is None:
+            self._http = async_client(self.base_url, self.endpoint.api_key)
+        if spec.cache == "cold":
+            reason = await self._reset_prefix_cache()
+            return {"asked": "cold", "state": "uncontrolled" if reason else "cold", "reason": reason}
+        api = "chat" if plan is not None and plan.history else self.api
+        sem = asyncio.Semaphore(8)
+
+        async def one(prompt: Prompt) -> bool:
+            body: dict[str, Any] = {"model": self.model, "max_tokens": 1}
+            if api == "chat":
+                body["messages"] = [{"role": "user", "content": prompt.text}]
+            else:
+                body["prompt"] = prompt.text
+            async with sem:
+                assert self._http is not None
+                r = await self._http.post(api_path(api), json=body)
+            return r.status_code == 200
+
+        sent = warm_prompts(prompts, plan)
+        results = await asyncio.gather(*(one(p) for p in sent), return_exceptions=True)
+        failed = sum(1 for r in results if r is not True)
+        return {"asked": "warm", "state": "warm" if not failed else "uncontrolled", "warmed": len(sent),
+                "reason": f"{failed} of {len(sent)} warming requests failed" if failed else None}
+
+    async def _reset_prefix_cache(self) -> str | None:
+        """POST /reset_prefix_cache (vLLM answers success false while blocks are held: retried briefly);
+        None when the cache was reset, else why not."""
+        assert self._http is not None
+        detail = ""
+        for _ in range(10):
+            try:
+                r = await self._http.post("/reset_prefix_cache")
+            except httpx.HTTPError as e:
+                return f"POST /reset_prefix_cache failed: {e!r}"
+            if r.status_code != 200:
+                return (f"POST /reset_prefix_cache answered HTTP {r.status_code}: vLLM serves it only with "
+                        "VLLM_SERVER_DEV_MODE=1 (set for servers the plugin launches on loopback)")
+            try:
+                if r.json().get("success", True):
+                    return None
+            except ValueError:
+                return None  # older vLLM answers 200 with no body
+            detail = r.text[:200]
+            await asyncio.sleep(0.1)
+        return f"POST /reset_prefix_cache did not succeed: {detail}"
 
     def _request_count(self, spec: CellSpec) -> tuple[int, list[float] | None]:
+        if spec.workload is not None:
+            n = len(spec.workload)
+            if n > MAX_REQUESTS_PER_CELL:
+                raise ValueError(f"{n} requests in one cell is more than the limit of {MAX_REQUESTS_PER_CELL}")
+            if spec.mode != "open" and spec.users < 1:
+                raise ValueError("a closed-loop replay needs users >= 1")
+            return n, spec.workload.arrivals(spec.speed) if spec.mode == "open" else None
+        if spec.turns > 1:
+            if spec.users < 1 or spec.rounds != 1 or spec.mode != "closed":
+                raise ValueError("a conversation cell needs users >= 1, closed loop, rounds 1")
+            return spec.users * spec.turns, None
         if spec.mode == "open":
             if not spec.rate or spec.rate <= 0 or not spec.duration_s or spec.duration_s <= 0:
                 raise ValueError("an open-loop cell needs rate > 0 and duration_s > 0")
@@ -240,10 +325,11 @@ class LoadRunner:
         return n, arrivals
 
     async def _launch(self, spec: CellSpec, prompts: list[Prompt], arrivals: list[float] | None,
-                      n: int) -> _Launched:
+                      n: int, plan: RequestPlan | None = None) -> _Launched:
         """Run the shards through the backend while a watcher polls the server; merge their records."""
-        jobs = plan_shards(spec, prompts, arrivals, self.backend.size(), endpoint=self.endpoint, api=self.api,
-                           model=self.model, request_timeout_s=self.request_timeout_s)
+        api = "chat" if plan is not None and plan.history else self.api
+        jobs = plan_shards(spec, prompts, arrivals, self.backend.size(), endpoint=self.endpoint, api=api,
+                           model=self.model, request_timeout_s=self.request_timeout_s, plan=plan)
         watcher = asyncio.ensure_future(self._watch_server())
         work_task = asyncio.ensure_future(self.backend.run(jobs, self.progress.add_done))
         try:
@@ -282,18 +368,24 @@ class LoadRunner:
         self.backend.abort(kind, detail)
 
     # ---- results -------------------------------------------------------------------------------------
-    def _result(self, spec: CellSpec, launched: _Launched, warnings: list[str]) -> CellResult:
+    def _result(self, spec: CellSpec, launched: _Launched, warnings: list[str],
+                cache: dict[str, Any] | None = None) -> CellResult:
         merged, ran = launched.merged, launched.ran
         records = merged.records
         stats = cell_stats(records)  # over every worker's records at once: exact, never merged percentiles
+        if spec.goodput_ttft_s is not None or spec.goodput_tpot_s is not None:
+            stats = dataclasses.replace(stats, goodput=goodput_of(records, spec.goodput_ttft_s, spec.goodput_tpot_s))
         error = launched.died or _failure_cause(records)
         result = CellResult(users=spec.users, prompt_tokens=spec.prompt_tokens, max_tokens=spec.max_tokens,
                             ok=error is None, error=error, stats=stats, records=records, mode=spec.mode,
                             rate=spec.rate, rounds=spec.rounds, t0_monotonic_ns=round(ran.t0 * 1e9),
-                            t0_unix_ns=ran.t0_unix_ns)
+                            t0_unix_ns=ran.t0_unix_ns, **_workload_fields(spec))
         # Observers see the measured cell; their sections and the verdict on its validity complete it in
         # a new (frozen) CellResult.
         extra, observer_warnings = self._call_observers_after(result)
+        stats = _with_hit_rate(stats, extra, records)
+        result = dataclasses.replace(result, stats=stats)
+        workload_reasons = self._workload_sections(spec, extra, records, cache)
         extra["client"] = client_section(merged, self.backend.describe(), ran.clock_uncertainty_s)
         warnings = warnings + observer_warnings
         if warnings:
@@ -306,12 +398,38 @@ class LoadRunner:
             _observer_invalid(extra), stats.prompt_tokens_mismatches, spec.prompt_tokens,
             barrier_skew_s=merged.barrier_skew_s if own_clocks else None,
             clock_uncertainty_s=ran.clock_uncertainty_s)
+        reasons = (*reasons, *workload_reasons) if result.ok else reasons
         return dataclasses.replace(result, extra=extra, valid=not reasons, invalid_reasons=reasons)
+
+    @staticmethod
+    def _workload_sections(spec: CellSpec, extra: dict[str, Any], records: Sequence[RequestRecord],
+                           cache: dict[str, Any] | None) -> tuple[str, ...]:
+        """`extra["turns"]`, `extra["prefix_cache"]`, `extra["goodput"]`, `extra["workload"]`; and why the
+        cell is invalid when its cache was asked cold or warm and could not be put in that state."""
+        if spec.turns > 1:
+            extra["turns"] = turn_sections(records)
+        if spec.goodput_ttft_s is not None or spec.goodput_tpot_s is not None:
+            extra["goodput"] = {"ttft_ms": None if spec.goodput_ttft_s is None else spec.goodput_ttft_s * 1000,
+                                "tpot_ms": None if spec.goodput_tpot_s is None else spec.goodput_tpot_s * 1000}
+        if spec.workload is not None:
+            extra["workload"] = {"name": spec.workload.name, "path": spec.workload.path,
+                                 "requests": len(spec.workload), "speed": spec.speed}
+        if cache is None:
+            return ()
+        section = extra.get("server_metrics")
+        server: dict[str, Any] = section if isinstance(section, dict) else {}
+        extra["prefix_cache"] = {**cache, "hit_rate": server.get("prefix_cache_hit_rate"),
+                                 "usage_hit_rate": usage_hit_rate(records)}
+        if cache["asked"] in ("cold", "warm") and cache["state"] != cache["asked"]:
+            return (f"the prefix cache was asked {cache['asked']} but could not be put in that state: "
+                    f"{cache.get('reason')}",)
+        return ()
 
     def _failed(self, spec: CellSpec, error: str, records: tuple[RequestRecord, ...] = ()) -> CellResult:
         return CellResult(users=spec.users, prompt_tokens=spec.prompt_tokens, max_tokens=spec.max_tokens,
                           ok=False, error=error, stats=cell_stats(records) if records else None,
-                          records=records, mode=spec.mode, rate=spec.rate, rounds=spec.rounds)
+                          records=records, mode=spec.mode, rate=spec.rate, rounds=spec.rounds,
+                          **_workload_fields(spec))
 
     def _death_cause(self) -> str | None:
         """The cell error once the server is dead (remembered: later cells fail fast with it)."""
@@ -347,22 +465,24 @@ class LoadRunner:
         return extra, warnings
 
     # ---- prompts --------------------------------------------------------------------------------------
-    async def _prompt_factory(self) -> PromptFactory:
-        """Size with the server's /tokenize (it applies the server's own template); else tokenizer_path."""
-        if self._factory is None:
+    async def _prompt_factory(self, api: str | None = None) -> PromptFactory:
+        """Size with the server's /tokenize (it applies the server's own template); else tokenizer_path.
+        `api`: the API the prompts are for (default: the runner's)."""
+        api = api or self.api
+        if api not in self._factories:
             counter: TokenCounter
             if self._http is None:
                 self._http = async_client(self.base_url, self.endpoint.api_key)
             if await ServerTokenizer.available(self._http, self.model):
-                counter = ServerTokenizer(self._http, self.model, self.api)
+                counter = ServerTokenizer(self._http, self.model, api)
             elif self.tokenizer_path is not None:
-                counter = LocalTokenizer(self.tokenizer_path, self.api)
+                counter = LocalTokenizer(self.tokenizer_path, api)
             else:
                 raise RuntimeError(f"{self.base_url} has no working /tokenize; pass tokenizer_path "
                                    "(a Hugging Face tokenizer directory) to size prompts exactly")
-            self._factory = PromptFactory(counter, shared_prefix=self.shared_prefix,
-                                          verify_all=isinstance(counter, LocalTokenizer))
-        return self._factory
+            self._factories[api] = PromptFactory(counter, shared_prefix=self.shared_prefix,
+                                                 verify_all=isinstance(counter, LocalTokenizer))
+        return self._factories[api]
 
 
 def _trap_sigint(loop: asyncio.AbstractEventLoop, handler: Callable[[], None]) -> Callable[[], None]:
@@ -405,6 +525,23 @@ class _Launched:
     merged: MergedCell
     ran: Ran
     died: str | None
+
+
+def _workload_fields(spec: CellSpec) -> dict[str, Any]:
+    """The CellResult fields a workload sets (what, with the rest, makes the cell's key)."""
+    key = spec.key
+    return {"turns": key.turns, "think_time_s": key.think_time_s, "cache": key.cache, "workload": key.workload,
+            "speed": key.speed}
+
+
+def _with_hit_rate(stats: Any, extra: dict[str, Any], records: Sequence[RequestRecord]) -> Any:
+    """The cell's prefix-cache hit rate: the server's /metrics counters, else (a server without them)
+    the cached tokens its usage reported per request; None when it said neither."""
+    section = extra.get("server_metrics")
+    rate = section.get("prefix_cache_hit_rate") if isinstance(section, dict) else None
+    if rate is None:
+        rate = usage_hit_rate(records)
+    return stats if rate is None else dataclasses.replace(stats, prefix_cache_hit_rate=rate)
 
 
 def _observer_invalid(extra: dict[str, Any]) -> list[str]:

@@ -41,14 +41,26 @@ class ShardJob:
     users: tuple[int, ...] = ()  # closed loop: the cell's user numbers this worker plays
     arrivals: tuple[tuple[int, float], ...] = ()  # open loop: (request index, scheduled start after t0)
     prompts: dict[int, Prompt] = field(default_factory=dict)  # by request index, this shard's only
+    # Conversations and closed-loop replays: sequences of request indices, each sent in order by one user
+    # (`slots` users at once take the next sequence when theirs ends); `history`: each turn sends the
+    # conversation so far (chat).
+    sequences: tuple[tuple[int, ...], ...] = ()
+    slots: int = 0
+    history: bool = False
+    max_tokens: dict[int, int] = field(default_factory=dict)  # by request index, where not spec.max_tokens
+    meta: dict[int, tuple[int | None, int | None]] = field(default_factory=dict)  # index -> (conversation, turn)
 
     @property
     def requests(self) -> int:
+        if self.sequences:
+            return sum(len(s) for s in self.sequences)
         return len(self.arrivals) if self.spec.mode == "open" else len(self.users) * self.spec.rounds
 
     @property
     def indices(self) -> list[int]:
         """The cell's request indices this shard runs."""
+        if self.sequences:
+            return sorted(i for s in self.sequences for i in s)
         if self.spec.mode == "open":
             return [i for i, _ in self.arrivals]
         return [r * self.spec.users + u for r in range(self.spec.rounds) for u in self.users]
@@ -74,18 +86,44 @@ class ShardOutcome:
         return None if self.first_write_s is None else self.t0_unix_ns + round(self.first_write_s * 1e9)
 
 
+@dataclass(frozen=True)
+class RequestPlan:
+    """What a workload adds to a cell's prompts: per-request output sizes and (conversation, turn), and
+    for a closed loop the sequences users send in order (see `ShardJob`)."""
+
+    max_tokens: Sequence[int] | None = None
+    meta: Sequence[tuple[int | None, int | None]] | None = None
+    sequences: Sequence[Sequence[int]] | None = None
+    history: bool = False
+
+
 def plan_shards(spec: CellSpec, prompts: Sequence[Prompt], arrivals: Sequence[float] | None, workers: int, *,
-                endpoint: Endpoint, api: str, model: str, request_timeout_s: float) -> list[ShardJob]:
+                endpoint: Endpoint, api: str, model: str, request_timeout_s: float,
+                plan: RequestPlan | None = None) -> list[ShardJob]:
     """Deal the cell over at most `workers` shards (round-robin); shards with nothing to run are left out."""
     if workers < 1:
         raise ValueError("a cell needs at least one worker")
+    plan = plan or RequestPlan()
     common: dict[str, Any] = dict(spec=spec, endpoint=endpoint, api=api, model=model,
-                                  request_timeout_s=request_timeout_s)
+                                  request_timeout_s=request_timeout_s, history=plan.history)
+
+    def per_request(indices: Sequence[int]) -> dict[str, Any]:
+        return {"prompts": {i: prompts[i] for i in indices},
+                "max_tokens": {} if plan.max_tokens is None else {i: plan.max_tokens[i] for i in indices},
+                "meta": {} if plan.meta is None else {i: plan.meta[i] for i in indices}}
+
     jobs: list[ShardJob] = []
     if arrivals is not None:
         for k in range(min(workers, len(arrivals))):
             mine = tuple((i, arrivals[i]) for i in range(k, len(arrivals), workers))
-            jobs.append(ShardJob(worker=k, arrivals=mine, prompts={i: prompts[i] for i, _ in mine}, **common))
+            jobs.append(ShardJob(worker=k, arrivals=mine, **per_request([i for i, _ in mine]), **common))
+        return jobs
+    if plan.sequences is not None:
+        for k in range(min(workers, spec.users, len(plan.sequences))):
+            seqs = tuple(tuple(q) for q in plan.sequences[k::workers])
+            slots = len(range(k, spec.users, workers))
+            jobs.append(ShardJob(worker=k, users=tuple(range(k, spec.users, workers)), sequences=seqs, slots=slots,
+                                 **per_request([i for q in seqs for i in q]), **common))
         return jobs
     for k in range(min(workers, spec.users)):
         users = tuple(range(k, spec.users, workers))
@@ -133,8 +171,18 @@ def together_spread(records: Sequence[RequestRecord], spec: CellSpec,
     closed loop; in an open loop, the latest start against its schedule."""
     if arrivals is not None:
         return max((r.start - arrivals[r.index] for r in records), default=0.0)
-    first = [r.start for r in records if r.index < spec.users]
+    wave = first_wave(spec)
+    first = [r.start for r in records if (r.index in wave if wave is not None else r.index < spec.users)]
     return max(first) - min(first) if first else 0.0
+
+
+def first_wave(spec: CellSpec) -> frozenset[int] | None:
+    """A closed-loop replay's requests that go out together: the first of each of the first `users`
+    conversations (None for other cells: there, the first `users` indices)."""
+    workload = spec.workload
+    if workload is None or spec.mode == "open":
+        return None
+    return frozenset(seq[0] for seq in workload.conversations()[:spec.users])
 
 
 def barrier_skew(outcomes: Sequence[ShardOutcome], clock_offsets_ns: dict[int, int]) -> float | None:

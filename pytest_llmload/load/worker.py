@@ -21,6 +21,7 @@ import asyncio
 import os
 import socket
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -97,6 +98,7 @@ class ShardRunner:
         self.dead: str | None = None  # set when the coordinator reports the server dead
         self._active: set[StreamRequest] = set()
         self._connect_timeout = min(30.0, job.request_timeout_s)
+        self._history: dict[int, list[dict[str, str]]] = {}  # conversations: messages so far, by conversation
 
     def abort(self, kind: str, detail: str) -> None:
         """Fail every running request (`server_died`: and every later one, without connecting)."""
@@ -112,6 +114,8 @@ class ShardRunner:
         try:
             if self.job.spec.mode == "open":
                 requests, t0 = await self._open_loop(gate)
+            elif self.job.sequences:
+                requests, t0 = await self._sequences(gate)
             else:
                 requests, t0 = await self._closed_loop(gate)
         finally:
@@ -131,11 +135,24 @@ class ShardRunner:
     def _new_request(self, index: int) -> StreamRequest:
         job = self.job
         prompt = job.prompts[index]
-        body = request_body(job.api, job.model, prompt.text, job.spec.max_tokens)
+        conversation, turn = job.meta.get(index, (None, None))
+        history = self._history.get(conversation) if job.history and conversation is not None else None
+        body = request_body(job.api, job.model, prompt.text, job.max_tokens.get(index, job.spec.max_tokens),
+                            history)
+        # A later turn's prompt is its history plus the new message: its size is the server's to say.
         req = StreamRequest(job.endpoint, http_request(job.endpoint, api_path(job.api), body), index=index,
-                            expected_prompt_tokens=prompt.tokens)
+                            expected_prompt_tokens=None if history else prompt.tokens, keep_text=job.history,
+                            conversation=conversation, turn=turn)
         self._active.add(req)
         return req
+
+    def _remember(self, req: StreamRequest) -> None:
+        """A conversation's turn that succeeded joins its history (a failed one is left out of it)."""
+        if not self.job.history or req.conversation is None or req.proto is None or req.proto.error is not None:
+            return
+        self._history.setdefault(req.conversation, []).extend(
+            [{"role": "user", "content": self.job.prompts[req.index].text},
+             {"role": "assistant", "content": req.reply}])
 
     def _done(self, req: StreamRequest) -> None:
         self._active.discard(req)
@@ -166,6 +183,44 @@ class ShardRunner:
 
         try:
             await asyncio.gather(*(user(slot, u) for slot, u in enumerate(job.users)))
+        finally:
+            done.extend(r for r in first if r not in done)
+        return sorted(done, key=lambda r: r.index), t0
+
+    async def _sequences(self, gate: StartGate) -> tuple[list[StreamRequest], float]:
+        """Conversations and closed-loop replays: `slots` users start their first requests together; each
+        then sends the next request of its sequence as the previous one ends (after the think time), and
+        takes the next sequence from the shard's queue when its own is done."""
+        job, think = self.job, self.job.spec.think_time_s
+        queue = deque(deque(seq) for seq in job.sequences)
+        starts = [queue.popleft() for _ in range(min(job.slots, len(queue)))]
+        first = [self._new_request(seq.popleft()) for seq in starts]
+        await self._connect_all(first)
+        t0 = await gate.start_at(0.0)
+        await sleep_until_precisely(t0)
+        if self.dead is not None:
+            self.abort("server_died", self.dead)
+        for req in first:  # the tight loop: nothing else between the writes
+            req.send()
+        done: list[StreamRequest] = []
+
+        async def user(seq: deque[int], req: StreamRequest) -> None:
+            while True:
+                await req.wait(job.request_timeout_s)
+                done.append(req)
+                self._done(req)
+                self._remember(req)
+                if not seq:
+                    if not queue:
+                        return
+                    seq = queue.popleft()
+                if think > 0:
+                    await asyncio.sleep(think)
+                req = self._new_request(seq.popleft())
+                await self._start_later(req)
+
+        try:
+            await asyncio.gather(*(user(seq, req) for seq, req in zip(starts, first)))
         finally:
             done.extend(r for r in first if r not in done)
         return sorted(done, key=lambda r: r.index), t0

@@ -144,7 +144,7 @@ class Prompt:
     """A prompt and the number of tokens the server will count for it."""
 
     text: str
-    tokens: int
+    tokens: int | None  # None: sent as it is, its size is the server's to say (a trace line's text)
 
 
 def random_text(n_words: int, seed: int = _SEED) -> str:

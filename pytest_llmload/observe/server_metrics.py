@@ -3,8 +3,9 @@
 `ServerMetricsObserver` is a cell observer (name "server_metrics"). It scrapes `GET /metrics` before
 and after each cell and records the *deltas* (so earlier cells and warm-up do not leak in):
 
-- counters: prompt tokens, generation tokens, successful requests, preemptions, and vLLM's own
-  estimates of bytes read and FLOPs per GPU where it exports them (None where it does not);
+- counters: prompt tokens, generation tokens, successful requests, preemptions, prefix-cache queries
+  and hits (tokens; `prefix_cache_hit_rate` = hits / queries over the cell, None without queries), and
+  vLLM's own estimates of bytes read and FLOPs per GPU where it exports them (None where it does not);
 - histograms (count, sum, mean = sum/count, and p50/p90/p99 interpolated inside the buckets the way
   Prometheus' `histogram_quantile` does, so a quantile is only as fine as the bucket edges):
   TTFT, E2E latency, inter-token latency, time per output token, queue time;
@@ -54,6 +55,10 @@ COUNTERS: dict[str, tuple[str, ...]] = {
     # it stays 0 on the CPU build (measured), so a 0 here means "not estimated", not "nothing read".
     "estimated_read_bytes_per_gpu": ("vllm:estimated_read_bytes_per_gpu_total",),
     "estimated_flops_per_gpu": ("vllm:estimated_flops_per_gpu_total",),
+    # Prompt tokens looked up in the prefix cache, and those found (vLLM v1); their ratio over the cell
+    # is its `prefix_cache_hit_rate`.
+    "prefix_cache_queries": ("vllm:prefix_cache_queries_total", "vllm:prefix_cache_queries"),
+    "prefix_cache_hits": ("vllm:prefix_cache_hits_total", "vllm:prefix_cache_hits"),
 }
 HISTOGRAMS: dict[str, tuple[str, ...]] = {
     "ttft_s": ("vllm:time_to_first_token_seconds",),
@@ -252,7 +257,9 @@ def deltas(before: Scrape, after: Scrape) -> tuple[dict[str, Any], list[str]]:
         ha, hb = histogram(after, variants), histogram(before, variants)
         if ha is not None and hb is not None:
             hists[key] = (ha - hb).summary()
-    return {"counters": counters, "histograms": hists}, warnings
+    queries, hits = counters.get("prefix_cache_queries"), counters.get("prefix_cache_hits")
+    hit_rate = hits / queries if queries and hits is not None else None
+    return {"counters": counters, "histograms": hists, "prefix_cache_hit_rate": hit_rate}, warnings
 
 
 @dataclass(frozen=True)

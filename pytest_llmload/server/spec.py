@@ -7,6 +7,7 @@ runs. CPU and GPU differ: on the CPU build, eager mode, float32 and a bounded KV
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import sys
 from collections.abc import Mapping
@@ -83,7 +84,19 @@ def build_argv(spec: ServerSpec, port: int) -> list[str]:
         argv += ["--max-model-len", str(spec.max_model_len)]
     if spec.quantization:
         argv += ["--quantization", spec.quantization]
+    # Per-request cached prompt tokens in usage: the prefix-cache hit rate of each turn of a conversation.
+    argv.append("--enable-prompt-tokens-details")
     return argv + list(spec.extra_args)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` is reachable from this machine only (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _cpu_args(spec: ServerSpec) -> list[str]:
@@ -121,5 +134,11 @@ def server_env(spec: ServerSpec, tmpdir: Path, base: Mapping[str, str] | None = 
     env["VLLM_CACHE_ROOT"] = str(cache_dir / "vllm-cache")  # kept between runs: saves ~8 s a start
     if spec.gpus is not None:
         env["CUDA_VISIBLE_DEVICES"] = spec.gpus
+    # vLLM's dev routes include POST /reset_prefix_cache, which a `cold` cell needs; they can also reset
+    # or sleep the engine, so only a server nobody else can reach gets them.
+    if is_loopback(spec.host):
+        env["VLLM_SERVER_DEV_MODE"] = "1"
+    else:
+        env.pop("VLLM_SERVER_DEV_MODE", None)
     env.update(spec.env)
     return env

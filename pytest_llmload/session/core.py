@@ -155,6 +155,11 @@ class LoadSession:
         done = self.a.run.repeats_of(spec.key)
         return done[-1] if done else self.measure(spec)
 
+    def cached_spec(self, spec: CellSpec) -> CellResult:
+        """The cell of `spec` from this run if already measured (its last repeat), else measure it now."""
+        done = self.a.run.repeats_of(spec.key)
+        return done[-1] if done else self.measure(spec)
+
     def warm_up(self, prompt_tokens: int = 31, max_tokens: int = 8) -> CellResult:
         """One request on A that is not recorded: loads caches and code paths before a measurement."""
         return self._up(self.a).warm_up(CellSpec(users=1, prompt_tokens=prompt_tokens, max_tokens=max_tokens))

@@ -1,7 +1,7 @@
 """What a test holds to measure (pytest-free, so a script can use the same objects):
 
     LoadFixture   what `llm_load` is: llm_load(users, prompt_tokens) -> CellResult; .max_users(...);
-                  .open_loop(...); .cached(...); .check(slo, cell)
+                  .open_loop(...); .cached(...); .check(slo, cell); .conversations(...); .replay(...)
     Matrix        what `llm_matrix` is: the configured matrix, measured once; .cell(users=, prompt_tokens=)
     check_objective   one objective against a session: the cells it selects, or, for a capacity objective
                       (`min_users`), a capacity probe at every prompt size it names. The plugin uses it for
@@ -13,13 +13,15 @@ against exactly those cells.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from ..errors import CellFailedError, SLOViolation
+from ..errors import CellFailedError, ConfigError, SLOViolation
 from ..gate.capacity import CapacityResult, Inconclusive, find_max_users
 from ..objectives import SLO
-from ..results import CellResult, RunResult
+from ..results import CellResult, CellSpec, RunResult
 from .core import LoadSession
 
 
@@ -31,11 +33,34 @@ class LoadFixture:
         self._sink = sink
 
     def __call__(self, users: int, prompt_tokens: int, max_tokens: int | None = None,
-                 rounds: int | None = None, *, allow_failed: bool = False) -> CellResult:
+                 rounds: int | None = None, *, cache: str = "", allow_failed: bool = False) -> CellResult:
         """Measure one closed-loop cell: `users` requests at once, each with a prompt of `prompt_tokens`.
+        `cache`: the prefix-cache state to put the server in first ("cold", "warm", "uncontrolled").
         A cell that could not run fails the test (CellFailedError, with the cause and the server log
         tail) unless `allow_failed=True`: a load test whose load never ran does not pass."""
+        if cache:
+            spec = dataclasses.replace(self._session.closed_spec(users, prompt_tokens, max_tokens, rounds),
+                                       cache=cache)
+            return self._kept(self._session.measure(spec), allow_failed)
         return self._kept(self._session.run_cell(users, prompt_tokens, max_tokens, rounds), allow_failed)
+
+    def conversations(self, users: int, turns: int, prompt_tokens: int, max_tokens: int | None = None,
+                      think_time_s: float = 0.0, *, cache: str = "", allow_failed: bool = False) -> CellResult:
+        """Each of `users` holds a chat conversation of `turns` turns: turn k sends the history and a new
+        message of `prompt_tokens` tokens. Records carry conversation and turn; `cell.extra["turns"]`
+        has TTFT, E2E and the cached share per turn."""
+        spec = conversation_spec(self._session, users, turns, prompt_tokens, max_tokens, think_time_s, cache)
+        return self._kept(self._session.measure(spec), allow_failed)
+
+    def replay(self, path: str | Path | None = None, *, users: int | None = None, speed: float | None = None,
+               cache: str = "", goodput_ttft_ms: float | None = None, goodput_tpot_ms: float | None = None,
+               allow_failed: bool = False) -> CellResult:
+        """Replay a JSONL trace (default: --llm-workload): with `users`, closed loop (each user takes the
+        next conversation); else open loop at the trace's arrival times divided by `speed` (default
+        --llm-workload-speed). `goodput_*`: per-request limits; the cell's `goodput` is the share met."""
+        spec = replay_spec(self._session, path, users=users, speed=speed, cache=cache,
+                           goodput_ttft_ms=goodput_ttft_ms, goodput_tpot_ms=goodput_tpot_ms)
+        return self._kept(self._session.measure(spec), allow_failed)
 
     def cached(self, users: int, prompt_tokens: int, max_tokens: int | None = None, rounds: int | None = None,
                *, allow_failed: bool = False) -> CellResult:
@@ -68,6 +93,29 @@ class LoadFixture:
         if not cell.ok and not allow_failed:
             raise CellFailedError(failed_message(cell, self._session.server_log_tail()))
         return cell
+
+
+def conversation_spec(session: LoadSession, users: int, turns: int, prompt_tokens: int,
+                      max_tokens: int | None = None, think_time_s: float = 0.0, cache: str = "") -> CellSpec:
+    """A conversation cell with the session's defaults for what is not given."""
+    return CellSpec(users=users, prompt_tokens=prompt_tokens, max_tokens=max_tokens or session.settings.max_tokens,
+                    turns=turns, think_time_s=think_time_s, cache=cache)
+
+
+def replay_spec(session: LoadSession, path: str | Path | None = None, *, users: int | None = None,
+                speed: float | None = None, cache: str = "", goodput_ttft_ms: float | None = None,
+                goodput_tpot_ms: float | None = None) -> CellSpec:
+    """A replay of a trace file (default: --llm-workload) as a cell."""
+    from ..load.trace import load_workload  # noqa: PLC0415 - only for replays
+
+    path = path or session.settings.workload
+    if path is None:
+        raise ConfigError("llm_load.replay() needs a trace: a path, or --llm-workload PATH")
+    workload = load_workload(path)
+    return CellSpec(users=users or 0, prompt_tokens=0, max_tokens=0, mode="closed" if users else "open",
+                    workload=workload, speed=speed or session.settings.workload_speed, cache=cache,
+                    goodput_ttft_s=None if goodput_ttft_ms is None else goodput_ttft_ms / 1000.0,
+                    goodput_tpot_s=None if goodput_tpot_ms is None else goodput_tpot_ms / 1000.0)
 
 
 def failed_message(cell: CellResult, log_tail: str = "") -> str:
@@ -105,8 +153,27 @@ def objective_prompt_sizes(session: LoadSession, slo: SLO) -> list[int]:
 def objective_cells(session: LoadSession, slo: SLO) -> list[CellResult]:
     """The cells an objective selects (unset selectors: the configured matrix's users and prompt sizes),
     taken from the run when already measured, else measured now."""
+    if slo.workload is not None:
+        return [session.cached_spec(_replay_for(session, slo, u)) for u in sorted(slo.users or {0})]
     users = sorted(slo.users or session.settings.users)
+    if slo.turns is not None or slo.cache is not None:
+        turns = slo.turns or 1
+        return [session.cached_spec(dataclasses.replace(session.closed_spec(u, p, slo.max_tokens), turns=turns,
+                                                        cache=slo.cache or ""))
+                for p in objective_prompt_sizes(session, slo) for u in users]
     return [session.cached_cell(u, p, slo.max_tokens) for p in objective_prompt_sizes(session, slo) for u in users]
+
+
+def _replay_for(session: LoadSession, slo: SLO, users: int) -> CellSpec:
+    """The replay an objective with `workload=NAME` selects: --llm-workload, whose stem must be NAME."""
+    path = session.settings.workload
+    if path is None or Path(path).stem != slo.workload:
+        raise ConfigError(f"{slo.title}: workload={slo.workload} names no trace of this session; give "
+                          f"--llm-workload PATH with a file named {slo.workload}.jsonl")
+    limits = next((o.goodput_limits for o in slo.objectives if o.goodput_limits), (None, None))
+    return replay_spec(session, path, users=users or None, cache=slo.cache or "",
+                       goodput_ttft_ms=None if limits[0] is None else limits[0] * 1000,
+                       goodput_tpot_ms=None if limits[1] is None else limits[1] * 1000)
 
 
 def check_cells(slo: SLO, cells: list[CellResult]) -> None:

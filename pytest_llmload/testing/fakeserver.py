@@ -62,6 +62,17 @@ class FakeConfig:
     slow_first_byte_ms: float = 1000.0
     record_truth: bool = True
     other_traffic_tokens: int = 0  # /metrics counts this many more generated tokens per request: another client
+    # Chat streams start with this many reasoning tokens (`reasoning_field` deltas, as vLLM's reasoning
+    # parsers send them), then the answer; usage reports them as completion_tokens_details.reasoning_tokens.
+    reasoning_tokens: int = 0
+    reasoning_field: str = "reasoning_content"
+    # A prefix cache in blocks of `block_tokens` prompt tokens (hashed like vLLM's: each block by its
+    # whole prefix), counted in /metrics (vllm:prefix_cache_queries / hits) and in usage
+    # (prompt_tokens_details.cached_tokens); `POST /reset_prefix_cache` empties it when `dev_mode`.
+    prefix_cache: bool = False  # off by default: hashing every prompt costs time at 1024 streams
+    block_tokens: int = 16
+    dev_mode: bool = True
+    prefill_ms_per_token: float = 0.0  # added to the TTFT for every prompt token not found in the cache
 
 
 @dataclass
@@ -125,16 +136,18 @@ class FakeTokenizer:
 class _Stream:
     """One generation request being answered."""
 
-    __slots__ = ("proto", "truth", "token_chunk", "last_chunk", "tail", "left", "next_due", "fault")
+    __slots__ = ("proto", "truth", "token_chunk", "last_chunk", "tail", "left", "next_due", "fault",
+                 "reasoning_chunk", "reasoning_left")
 
     def __init__(self, proto: _HTTPServerProtocol, truth: Truth, chunks: tuple[bytes, bytes, bytes],
-                 tokens: int, fault: str | None) -> None:
+                 tokens: int, fault: str | None, reasoning: tuple[bytes, int] = (b"", 0)) -> None:
         self.proto = proto
         self.truth = truth
         self.token_chunk, self.last_chunk, self.tail = chunks
         self.left = tokens
         self.next_due = 0.0
         self.fault = fault
+        self.reasoning_chunk, self.reasoning_left = reasoning  # the first tokens are reasoning
 
 
 def _chunk(data: bytes) -> bytes:
@@ -176,7 +189,9 @@ class FakeServer:
         self.truth: list[Truth] = []
         self.requests_seen = 0  # generation requests, for `fault_every`
         self.running = 0
-        self.counters = {"prompt_tokens": 0, "generation_tokens": 0, "success": 0}
+        self.counters = {"prompt_tokens": 0, "generation_tokens": 0, "success": 0, "prefix_cache_queries": 0,
+                         "prefix_cache_hits": 0}
+        self.cached_blocks: set[str] = set()
         self._heap: list[tuple[float, int, _Stream]] = []
         self._seq = 0
         self._timer: asyncio.TimerHandle | None = None
@@ -255,6 +270,24 @@ class FakeServer:
     def reset_truth(self) -> None:
         self.truth = []
 
+    def lookup_prefix(self, ids: list[int]) -> int:
+        """Prompt tokens found in the prefix cache (whole blocks, from the start), counted in /metrics;
+        the prompt's blocks are cached from now on. As in vLLM, the last token is always computed."""
+        if not self.config.prefix_cache:
+            return 0
+        size = max(1, self.config.block_tokens)
+        hit, missed, key = 0, False, ""
+        for end in range(size, len(ids), size):  # full blocks that leave at least the last token
+            key = hashlib.sha1(f"{key}{ids[end - size:end]}".encode()).hexdigest()  # the block and its prefix
+            if not missed and key in self.cached_blocks:
+                hit = end
+            else:
+                missed = True
+                self.cached_blocks.add(key)
+        self.counters["prefix_cache_queries"] += len(ids)
+        self.counters["prefix_cache_hits"] += hit
+        return hit
+
     # ---- generation --------------------------------------------------------------------------------
     def pick_fault(self, header: str | None) -> str | None:
         """The fault for the next generation request: a header wins, else the configured one."""
@@ -308,13 +341,18 @@ class FakeServer:
             self.running -= 1
             return False
         if self.config.itl_ms <= 0:
-            t.write(s.token_chunk * (s.left - 1) + s.last_chunk)
+            r = min(s.reasoning_left, s.left - 1)
+            t.write(s.reasoning_chunk * r + s.token_chunk * (s.left - 1 - r) + s.last_chunk)
             now = time.perf_counter()
             s.truth.sends.extend([now] * s.left)
             s.left = 0
         else:
             s.left -= 1
-            t.write(s.last_chunk if s.left == 0 else s.token_chunk)
+            if s.reasoning_left > 0 and s.left > 0:
+                s.reasoning_left -= 1
+                t.write(s.reasoning_chunk)
+            else:
+                t.write(s.last_chunk if s.left == 0 else s.token_chunk)
             s.truth.sends.append(time.perf_counter())
             if self._inject_midstream(s, t, len(s.truth.sends)):
                 return False
@@ -409,6 +447,9 @@ class _HTTPServerProtocol(asyncio.Protocol):
         if path == "/fake/reset" and method == "POST":
             srv.reset_truth()
             return self.reply_json({"ok": True})
+        if path == "/reset_prefix_cache" and method == "POST" and srv.config.dev_mode:
+            srv.cached_blocks.clear()
+            return self.reply_json({"success": True})
         if path == "/tokenize":
             return self.tokenize(req)
         if path == "/detokenize":
@@ -434,7 +475,8 @@ class _HTTPServerProtocol(asyncio.Protocol):
         if req.get("model") != cfg.model:
             return self.reply(404, _error_body(404, f"The model `{req.get('model')}` does not exist."))
         text = srv.tokenizer.chat_template(req.get("messages", [])) if chat else req.get("prompt", "")
-        n_prompt = srv.tokenizer.count(text)
+        ids = srv.tokenizer.encode(text) if cfg.prefix_cache else []
+        n_prompt = len(ids) if cfg.prefix_cache else srv.tokenizer.count(text)
         if n_prompt > cfg.max_model_len:
             return self.reply(400, _error_body(
                 400, f"This model's maximum context length is {cfg.max_model_len} tokens. However, your "
@@ -446,21 +488,34 @@ class _HTTPServerProtocol(asyncio.Protocol):
         srv.counters["prompt_tokens"] += n_prompt
         if fault == "hang":
             return
+        cached = srv.lookup_prefix(ids)
         n_out = int(req.get("max_tokens") or 16)
-        usage = None if fault == "no_usage" else {
-            "prompt_tokens": n_prompt, "completion_tokens": n_out, "total_tokens": n_prompt + n_out}
+        reasoning = min(cfg.reasoning_tokens, n_out - 1) if chat else 0
+        usage: dict[str, Any] | None = None if fault == "no_usage" else {
+            "prompt_tokens": n_prompt, "completion_tokens": n_out, "total_tokens": n_prompt + n_out,
+            "prompt_tokens_details": {"cached_tokens": cached}}
+        if usage is not None and reasoning > 0:
+            usage["completion_tokens_details"] = {"reasoning_tokens": reasoning}
         chunks, head = self.stream_chunks(chat)
         tail = (b"" if usage is None else _sse(head | {"choices": [], "usage": usage}))
         tail += (b"" if fault == "no_done" else _DONE) + _END
         srv.running += 1
         delay = cfg.slow_first_byte_ms / 1000.0 if fault == "slow_first_byte" else 0.0
-        stream = _Stream(self, truth, (chunks[0], chunks[1], tail), max(1, n_out), fault)
+        reasoning_chunk = self.reasoning_chunk(head) if reasoning > 0 else b""
+        stream = _Stream(self, truth, (chunks[0], chunks[1], tail), max(1, n_out), fault,
+                         (reasoning_chunk, max(0, reasoning)))
         assert srv._loop is not None and self.transport is not None
         if delay:
             srv._loop.call_later(delay, self.transport.write, _STREAM_HEAD + chunks[2])
         else:
             self.transport.write(_STREAM_HEAD + chunks[2])
-        srv.start_stream(stream, delay + cfg.ttft_ms / 1000.0)
+        srv.start_stream(stream, delay + (cfg.ttft_ms + cfg.prefill_ms_per_token * (n_prompt - cached)) / 1000.0)
+
+    def reasoning_chunk(self, head: dict[str, Any]) -> bytes:
+        """A chat chunk whose delta carries reasoning (in the configured field), not content."""
+        field_name = self.server.config.reasoning_field
+        return _sse(head | {"choices": [{"index": 0, "delta": {field_name: " think"}, "logprobs": None,
+                                         "finish_reason": None}]})
 
     def stream_chunks(self, chat: bool) -> tuple[tuple[bytes, bytes, bytes], dict[str, Any]]:
         """Pre-built (token chunk, last token chunk, opening chunk): sending is then just writes.
@@ -504,7 +559,11 @@ class _HTTPServerProtocol(asyncio.Protocol):
                 f"# TYPE vllm:generation_tokens_total counter\nvllm:generation_tokens_total{{{m}}} "
                 f"{srv.counters['generation_tokens']}\n"
                 f"# TYPE vllm:request_success_total counter\n"
-                f'vllm:request_success_total{{{m},finished_reason="length"}} {srv.counters["success"]}\n')
+                f'vllm:request_success_total{{{m},finished_reason="length"}} {srv.counters["success"]}\n'
+                f"# TYPE vllm:prefix_cache_queries counter\nvllm:prefix_cache_queries_total{{{m}}} "
+                f"{srv.counters['prefix_cache_queries']}\n"
+                f"# TYPE vllm:prefix_cache_hits counter\nvllm:prefix_cache_hits_total{{{m}}} "
+                f"{srv.counters['prefix_cache_hits']}\n")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -139,12 +139,16 @@ def test_repeats_auto_stops_when_the_gates_conclude_and_says_how(
     slow = ab(pytester, llm_fake_server, candidate, "--llm-repeats=auto", "--llm-compare-fail=e2e_p50:10%")
     assert slow.ret == pytest.ExitCode.TESTS_FAILED
     report = json.loads((pytester.path / "llmload-report" / "llmload.json").read_text())
-    assert report["extra"]["repeats_auto"]["looks"] == 1 and report["extra"]["repeats_auto"]["undecided"] == []
-    assert [c["users"] for c in report["cells"]] == [2, 4, 2, 4]
+    # 2 repeats a side at the first look; at 99.4 % a bound (5 % over 9 looks) 2 repeats may not yet decide
+    # a doubled latency: a look or two more, of the cells still undecided only.
+    looks = report["extra"]["repeats_auto"]
+    assert looks["looks"] <= 3 and looks["undecided"] == [] and looks["stopped"] == "every gated verdict is conclusive"
+    assert [c["users"] for c in report["cells"][:4]] == [2, 4, 2, 4] and len(report["cells"]) <= 4 + 2 * 2
     assert report["extra"]["verdict"]["verdict"] == "regression"
     (comparison,) = report["extra"]["comparisons"]
-    assert comparison["cells"][0]["gates"][0]["confidence"] == pytest.approx(1 - 0.05 / 9)  # 9 looks at most
-    slow.stdout.fnmatch_lines(["*--llm-repeats auto: 1 look(s) of at most 9 *; every gated verdict is conclusive"])
+    assert comparison["confidence"] == pytest.approx(1 - 0.05 / 9)  # each bound at 5 % / 9 looks at most
+    assert comparison["cells"][0]["gates"][0]["confidence"] == pytest.approx(1 - 0.05 / 9)
+    slow.stdout.fnmatch_lines(["*--llm-repeats auto: * look(s) of at most 9 *; every gated verdict is conclusive"])
 
     candidate.configure(itl_ms=2)
     same = ab(pytester, llm_fake_server, candidate, "--llm-repeats=auto", "--llm-max-repeats=3",

@@ -71,7 +71,7 @@ def test_a_failing_cell_does_not_stop_the_matrix(llm_fake_server: FakeServer) ->
 def test_prompt_size_mismatch_is_recorded_not_hidden(llm_fake_server: FakeServer) -> None:
     with runner_for(llm_fake_server) as runner:
         runner.run_cell_kw(2, 30, 2)
-        factory = runner._factory  # noqa: SLF001 - to make the sizing lie
+        factory = runner._factories["completions"]  # noqa: SLF001 - to make the sizing lie
         assert factory is not None
         factory._cache[30] = [type(p)(p.text, 29) for p in factory._cache[30]]  # noqa: SLF001
         cell = runner.run_cell_kw(2, 30, 2)

@@ -142,7 +142,9 @@ def test_deltas_of_counters_and_histograms():
     assert warnings == []
     assert section["counters"] == {"prompt_tokens": 62, "generation_tokens": 200, "request_success": 2,
                                    "preemptions": 1, "estimated_read_bytes_per_gpu": None,
-                                   "estimated_flops_per_gpu": None}
+                                   "estimated_flops_per_gpu": None, "prefix_cache_queries": None,
+                                   "prefix_cache_hits": None}
+    assert section["prefix_cache_hit_rate"] is None
     ttft = section["histograms"]["ttft_s"]
     assert ttft["count"] == 2 and ttft["mean"] == pytest.approx(0.1)
     assert 0.06 < ttft["p50"] <= 0.1 and 0.1 < ttft["p99"] <= 0.25  # only as fine as the buckets
