@@ -102,10 +102,12 @@ class GrowingReport:
         self.path = Path(path)
         self._cells: list[int] = []  # id() of the cells whose records are in the sidecar, in order
         self._sha = hashlib.sha256()
+        self._started = False
 
     def write(self, run: RunResult) -> Path:
         refuse_foreign(self.path)
-        if [id(c) for c in run.cells[: len(self._cells)]] != self._cells or not self.path.exists():
+        # The first write of this writer starts the sidecar afresh: the folder may hold a previous session's.
+        if not self._started or [id(c) for c in run.cells[: len(self._cells)]] != self._cells or not self.path.exists():
             self._restart()
         new = run.cells[len(self._cells):]
         text = "".join(dumps({"cell": i, **r.to_dict()}, indent=None) + "\n"
@@ -115,7 +117,7 @@ class GrowingReport:
         return _write_summary(run, self.path, self._sha.hexdigest())
 
     def _restart(self) -> None:
-        self._cells, self._sha = [], hashlib.sha256()
+        self._cells, self._sha, self._started = [], hashlib.sha256(), True
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.with_name(RECORDS_NAME).write_bytes(b"")
 

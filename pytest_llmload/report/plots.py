@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import math
+import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +36,11 @@ def _figure(width: float, height: float, nrows: int = 1, ncols: int = 1) -> tupl
 
 def _png(fig: Figure) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI)
+    with warnings.catch_warnings():
+        # Matplotlib warns (into the user's pytest output) when a figure is too small for its labels to be
+        # laid out; the figure is still drawn, only less tidy: not the user's concern.
+        warnings.filterwarnings("ignore", message="constrained_layout not applied", category=UserWarning)
+        fig.savefig(buf, format="png", dpi=DPI)
     return buf.getvalue()
 
 

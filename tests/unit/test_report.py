@@ -210,3 +210,19 @@ def test_one_failing_format_does_not_stop_the_others(tmp_path: Path) -> None:
 def test_unknown_format(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown report format"):
         write_reports(make_run(), tmp_path, formats=("pdf",))
+
+
+def test_a_new_session_in_the_same_folder_starts_the_sidecar_afresh(tmp_path: Path) -> None:
+    """The default report folder is reused by every run: a session's growing report must not append its
+    records to the previous session's requests.jsonl (its checksum would then name a file that is not it)."""
+    from pytest_llmload.report import ReportWriter
+    from pytest_llmload.results import RunResult
+
+    for e2e in (0.5, 0.7):  # two sessions, one after the other, in the same folder
+        run, writer = RunResult(environment={"model": "m"}), ReportWriter(tmp_path)
+        for users in (2, 4):
+            run.cells.append(repeat_cell(users, 31, e2e=e2e))
+            writer.write(run, formats=("json",))
+    back = read_report(tmp_path)
+    assert [len(c.records) for c in back.cells] == [2, 4]
+    assert back.cells[0].records[0].end == pytest.approx(run.cells[0].records[0].end)
