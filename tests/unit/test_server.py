@@ -14,6 +14,7 @@ from pytest_llmload.control import normalize_base_url
 from pytest_llmload.errors import ConfigError, ServerStartError
 from pytest_llmload.server import cpu_setup
 from pytest_llmload.server.attach import AttachedServer
+from pytest_llmload.server.install import VllmInstall
 from pytest_llmload.server.launch import VLLMServer
 from pytest_llmload.server.presets import PRESETS, ModelChoice
 from pytest_llmload.server.process import pick_free_port, port_is_free, read_tail
@@ -129,17 +130,21 @@ def test_explicit_port_taken_fails_before_launch(tmp_path: Path) -> None:
         held.bind(("127.0.0.1", 0))
         held.listen()
         port = held.getsockname()[1]
-        server = VLLMServer(ServerSpec(model=str(tmp_path), served_model_name="m", device="gpu", port=port))
+        ready = VllmInstall(python=sys.executable, prefix=sys.prefix, vllm_version="1.0", torch_version="2.0")
+        server = VLLMServer(ServerSpec(model=str(tmp_path), served_model_name="m", device="gpu", port=port,
+                                       install=ready))
         with pytest.raises(ServerStartError, match=f"port {port} on 127.0.0.1 is already in use"):
             server.start()
     assert server.pid is None  # nothing was launched
 
 
-def test_broken_cpu_install_is_reported_with_the_fix(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    # A broken install cannot be made for real inside the test environment; substitute the check.
-    monkeypatch.setattr(cpu_setup, "check_install", lambda: ["vllm is not importable: pip install x"])
-    server = VLLMServer(ServerSpec(model=str(tmp_path), served_model_name="m", device="cpu"))
-    with pytest.raises(ServerStartError, match="vllm is not importable: pip install x"):
+def test_broken_cpu_install_is_reported_with_the_fix(tmp_path: Path) -> None:
+    # What the install's own Python reported (tests/unit/test_install.py reads real ones).
+    broken = VllmInstall(python="/env/bin/python", prefix="/env", vllm_version=None, torch_version=None,
+                         vllm_importable=False)
+    server = VLLMServer(ServerSpec(model=str(tmp_path), served_model_name="m", device="cpu", install=broken))
+    with pytest.raises(ServerStartError, match=r"from vLLM \(none\), torch \(none\) in /env \(/env/bin/python\)"
+                                               r":\n  vllm is not importable: /env/bin/python -m pip install"):
         server.start()
     assert server.pid is None
 
