@@ -158,6 +158,28 @@ def parse_export_list(value: str) -> tuple[str, ...]:
     return items
 
 
+def parse_vllm_install(value: str) -> str:
+    """A vLLM install: a Python of an environment with vLLM, that environment's folder or its `vllm`
+    executable. Read now (a subprocess of that Python), so a wrong path fails at parse time."""
+    from .server.install import resolve_install  # noqa: PLC0415 - keep option parsing import-light
+
+    text = str(value).strip()
+    try:
+        resolve_install(text, option="")  # argparse / _parse_from name the option
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+    return os.path.abspath(os.path.expanduser(text))
+
+
+def parse_env_pair(value: str) -> tuple[str, str]:
+    """`KEY=VALUE` for the server's environment; the value may be empty or hold `=`."""
+    key, eq, val = str(value).partition("=")
+    key = key.strip()
+    if not eq or not key or not (key.replace("_", "a").isalnum() and not key[0].isdigit()):
+        raise _fail(f"{value!r} is not KEY=VALUE with a variable name such as VLLM_ATTENTION_BACKEND")
+    return key, val
+
+
 MAX_LOAD_WORKERS = 256  # a bound, so that a typo cannot start thousands of processes
 
 
@@ -238,6 +260,11 @@ class Settings:
     # Workloads production sees (issue 21)
     workload: str | None = None
     workload_speed: float = 1.0
+    vllm: str | None = None  # None: the running Python
+    server_env: tuple[tuple[str, str], ...] = ()
+    candidate_vllm: str | None = None
+    candidate_server_env: tuple[tuple[str, str], ...] = ()
+    candidate_gpus: str | None = None
 
     @classmethod
     def from_values(cls, cli: Callable[[str], Any], ini: Callable[[str], Any],
@@ -250,7 +277,8 @@ class Settings:
     @property
     def has_candidate(self) -> bool:
         """Whether a candidate server is defined (an A/B comparison in this session)."""
-        return bool(self.candidate_model or self.candidate_server_arg or self.candidate_base_url)
+        return bool(self.candidate_model or self.candidate_server_arg or self.candidate_base_url
+                    or self.candidate_vllm or self.candidate_server_env or self.candidate_gpus)
 
     @property
     def gating(self) -> bool:
@@ -279,8 +307,9 @@ class Settings:
         return REPEATS_WHEN_COMPARING if comparing else 1
 
     def candidate_settings(self) -> Settings:
-        """The settings of the candidate's own session: started like this one, with the candidate's model
-        and server arguments in place of --llm-model / --llm-server-arg where given, or attached to
+        """The settings of the candidate's own session: started like this one, with the candidate's model,
+        server arguments, vLLM install, server environment and GPUs in place of --llm-model /
+        --llm-server-arg / --llm-vllm / --llm-server-env / --llm-gpus where given, or attached to
         --llm-candidate-base-url. It writes its reports under <report dir>/candidate and gates nothing."""
         if self.candidate_base_url is not None:
             model, served = self.model, self.candidate_model  # None: the server's first model
@@ -291,10 +320,13 @@ class Settings:
         return replace(
             self, model=model, base_url=self.candidate_base_url, served_model_name=served,
             server_arg=self.candidate_server_arg or self.server_arg,
+            vllm=self.candidate_vllm or self.vllm, server_env=self.candidate_server_env or self.server_env,
+            gpus=self.candidate_gpus or self.gpus,
             report_dir=str(Path(self.report_dir) / CANDIDATE_REPORT_DIR),
             save_baseline=None, baseline=None, compare_fail=(), reference=None, repeats=self.effective_repeats,
             warmup=self.effective_warmup, baseline_starts=1, history=None, history_label=None, export=(),
             candidate_model=None, candidate_server_arg=(), candidate_base_url=None,
+            candidate_vllm=None, candidate_server_env=(), candidate_gpus=None,
         )
 
     def cache_path(self) -> Path:
@@ -473,6 +505,20 @@ OPTIONS: tuple[Option, ...] = (
            "files of vllm bench serve, one folder per cell, one file per repeat), github-benchmark "
            "(github-action-benchmark custom tools), bencher (Bencher Metric Format).", parse_export_list,
            "FORMATS", shown_default="none"),
+    # --- each side's install and environment (issue 19): which vLLM, which variables, which GPUs
+    Option("vllm", "The vLLM install the started server runs from: the Python of an environment where vLLM "
+           "is installed, that environment's folder, or its vllm executable. Its vLLM and torch versions are "
+           "read from it and recorded.", parse_vllm_install, "PATH", shown_default="the running Python"),
+    Option("server-env", "Environment variable for the started server (repeatable), e.g. "
+           "--llm-server-env=VLLM_ATTENTION_BACKEND=FLASHINFER; set last, over the plugin's own.",
+           parse_env_pair, "KEY=VALUE", "append"),
+    Option("candidate-vllm", "A/B in one session: the candidate's vLLM install (as --llm-vllm), e.g. a second "
+           "environment with another vLLM version.", parse_vllm_install, "PATH", shown_default="--llm-vllm"),
+    Option("candidate-server-env", "A/B in one session: the candidate server's environment variables, in place "
+           "of --llm-server-env (repeatable).", parse_env_pair, "KEY=VALUE", "append",
+           shown_default="--llm-server-env"),
+    Option("candidate-gpus", "A/B in one session: the candidate server's GPU indices (CUDA_VISIBLE_DEVICES).",
+           parse_gpus, "LIST", shown_default="--llm-gpus"),
 )
 OPTIONS_BY_DEST = {o.dest: o for o in OPTIONS}
 
