@@ -1,0 +1,58 @@
+"""A real vLLM launched from an install named explicitly (the environment's folder, as `--llm-vllm DIR`):
+it runs from that install's Python, gets the side's own environment variables, and its provenance
+carries the versions read from that install. CI has one vLLM install, so the install named is the
+running environment's (a second vLLM version in another venv is not part of CI)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from pytest_llmload.observe.environment import collect_environment
+from pytest_llmload.server.install import VllmInstall, resolve_install
+from pytest_llmload.server.launch import VLLMServer
+from pytest_llmload.server.placement import allowed_cpus, plan_cpu_placement
+from pytest_llmload.server.spec import ServerSpec, merge_env
+from pytest_llmload.server.tiny import build_tiny_model
+
+MARK = ("LLMLOAD_E2E_SIDE", "A-from-its-install")
+
+
+@pytest.fixture(scope="module")
+def install() -> VllmInstall:
+    return resolve_install(sys.prefix, option="--llm-vllm")  # the folder form
+
+
+@pytest.fixture(scope="module")
+def server(install: VllmInstall, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VLLMServer]:
+    placement = plan_cpu_placement(allowed_cpus())
+    spec = ServerSpec(model=str(build_tiny_model(cache_dir)), served_model_name="tiny", device="cpu",
+                      startup_timeout_s=240.0, cache_dir=cache_dir, log_dir=tmp_path_factory.mktemp("logs"),
+                      cpus=placement.server_cpus, install=install,
+                      env=merge_env(placement.server_env(), dict([MARK])))
+    with VLLMServer(spec) as srv:
+        yield srv
+
+
+def test_the_server_runs_from_the_named_install(server: VLLMServer, install: VllmInstall) -> None:
+    psutil = pytest.importorskip("psutil")
+    assert install.python == f"{sys.prefix}/bin/python" and install.prefix == sys.prefix
+    assert server.argv[:4] == [install.python, "-m", "vllm.entrypoints.cli.main", "serve"]
+    assert server.install is install
+    assert psutil.Process(server.pid).environ().get(MARK[0]) == MARK[1]  # the side's own variables
+    body = {"model": "tiny", "prompt": "hello", "max_tokens": 4, "ignore_eos": True}
+    response = httpx.post(f"{server.base_url}/v1/completions", json=body, timeout=60, trust_env=False)
+    assert response.status_code == 200 and response.json()["usage"]["completion_tokens"] == 4
+
+
+def test_provenance_comes_from_that_install(server: VLLMServer, install: VllmInstall) -> None:
+    env = collect_environment(server=server, model="tiny")
+    assert env["vllm_install"] == install.to_dict()
+    assert env["torch_version"] == install.torch_version and install.torch_version
+    reported = server.version()
+    assert reported and install.vllm_version and install.vllm_version.split("+")[0] == reported.split("+")[0]
+    assert env["vllm_version"] == reported
