@@ -82,7 +82,8 @@ class LoadSession:
         return "\n".join(f"--- side {s.name} ---\n{t}" for s in self.sides if (t := s.server_log_tail(lines)))
 
     def _ab_mode(self) -> tuple[str, str]:
-        """`alternate` or `together` (and why) for an A/B session; `single` without a candidate."""
+        """`alternate` or `together` (and why) for an A/B session; `single` without a candidate. Each side
+        is judged by its own settings: B's GPUs are --llm-candidate-gpus (else --llm-gpus)."""
         if self.b is None:
             return "single", "one side"
         from ..server.spec import resolve_device
@@ -301,6 +302,11 @@ class LoadSession:
         self.close()
 
 
+# What defines a candidate server B (Settings.has_candidate), for messages.
+CANDIDATE_OPTIONS = ("--llm-candidate-model, --llm-candidate-server-arg, --llm-candidate-vllm, "
+                     "--llm-candidate-server-env, --llm-candidate-gpus, --llm-candidate-base-url")
+
+
 def check_settings(settings: Settings) -> None:
     """Cross-option checks that argparse cannot do alone."""
     if settings.base_url and any(v is not None for v in (settings.tp, settings.pp, settings.quantization)):
@@ -308,11 +314,29 @@ def check_settings(settings: Settings) -> None:
                           "--llm-quantization only apply to servers pytest-llmload starts")
     if settings.compare_fail and not settings.baseline and not settings.has_candidate:
         raise ConfigError("--llm-compare-fail needs something to compare against: --llm-baseline PATH, or a "
-                          "candidate server (--llm-candidate-model, --llm-candidate-server-arg, "
-                          "--llm-candidate-base-url)")
-    if settings.candidate_base_url and settings.candidate_server_arg:
-        raise ConfigError("--llm-candidate-base-url attaches to a running candidate: "
-                          "--llm-candidate-server-arg only applies to a candidate pytest-llmload starts")
+                          f"candidate server ({CANDIDATE_OPTIONS})")
+    if settings.base_url:
+        given = _given(("--llm-vllm", settings.vllm), ("--llm-server-env", settings.server_env))
+        if given:
+            raise ConfigError(f"--llm-base-url attaches to a running server: {given} to a server "
+                              "pytest-llmload starts")
+    if settings.candidate_base_url:
+        given = _given(("--llm-candidate-server-arg", settings.candidate_server_arg),
+                       ("--llm-candidate-vllm", settings.candidate_vllm),
+                       ("--llm-candidate-server-env", settings.candidate_server_env),
+                       ("--llm-candidate-gpus", settings.candidate_gpus))
+        if given:
+            raise ConfigError(f"--llm-candidate-base-url attaches to a running candidate: {given} to a "
+                              "candidate pytest-llmload starts")
     if settings.auto_repeats and not settings.compare_fail:
         raise ConfigError("--llm-repeats auto repeats until the gates conclude: it needs --llm-compare-fail (and "
                           "a baseline or a candidate to compare with); give a number of repeats otherwise")
+
+
+def _given(*options: tuple[str, object]) -> str:
+    """`--a only applies` / `--a and --b only apply` for the options given a value; empty when none."""
+    flags = [flag for flag, value in options if value]
+    if not flags:
+        return ""
+    names = flags[0] if len(flags) == 1 else f"{', '.join(flags[:-1])} and {flags[-1]}"
+    return f"{names} only {'applies' if len(flags) == 1 else 'apply'}"

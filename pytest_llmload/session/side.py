@@ -270,11 +270,15 @@ class Side:
             set_own_affinity(original)
 
     def server_spec(self) -> ServerSpec:
-        """The ServerSpec: the model's preset layout, overridden by every layout option given."""
+        """The ServerSpec: the model's preset layout, overridden by every layout option given; launched
+        from this side's own vLLM install (--llm-vllm, B's --llm-candidate-vllm), with the placement's
+        environment and then the side's own --llm-server-env (B's --llm-candidate-server-env) over it."""
+        from ..server.install import resolve_install
         from ..server.presets import resolve_model
-        from ..server.spec import spec_from_choice
+        from ..server.spec import merge_env, spec_from_choice
 
         s = self.settings
+        install = resolve_install(s.vllm, option="--llm-vllm" if self.name == "A" else "--llm-candidate-vllm")
         choice = self.model_choice = resolve_model(s.model, s.cache_path())
         given = {"tensor_parallel": s.tp, "pipeline_parallel": s.pp, "quantization": s.quantization,
                  "dtype": s.dtype, "max_model_len": s.max_model_len, "served_model_name": s.served_model_name}
@@ -284,7 +288,8 @@ class Side:
             device=s.device, log_dir=self.report_dir(), cache_dir=s.cache_path(),
             cpus=self.placement.server_cpus if self.placement else (),
             nice=self.placement.server_nice if self.placement else 0,
-            env=self.placement.server_env() if self.placement else {},
+            env=merge_env(self.placement.server_env() if self.placement else {}, dict(s.server_env)),
+            install=install,
         )
 
     def _environment(self, server: ServerHandle) -> dict[str, Any]:

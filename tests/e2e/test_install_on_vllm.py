@@ -1,10 +1,16 @@
 """A real vLLM launched from an install named explicitly (the environment's folder, as `--llm-vllm DIR`):
 it runs from that install's Python, gets the side's own environment variables, and its provenance
-carries the versions read from that install. CI has one vLLM install, so the install named is the
-running environment's (a second vLLM version in another venv is not part of CI)."""
+carries the versions read from that install. Then an A/B session through the plugin whose candidate
+runs from `--llm-candidate-vllm`: each side's report records its own install's vLLM and torch.
+
+CI has one vLLM install, so the install named is the running environment's. A second install (another
+vLLM version in another venv) is used when LLMLOAD_E2E_SECOND_VLLM names it; the A/B session then also
+shows the versions differing beside the verdicts."""
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,3 +62,34 @@ def test_provenance_comes_from_that_install(server: VLLMServer, install: VllmIns
     reported = server.version()
     assert reported and install.vllm_version and install.vllm_version.split("+")[0] == reported.split("+")[0]
     assert env["vllm_version"] == reported
+
+
+SECOND = os.environ.get("LLMLOAD_E2E_SECOND_VLLM") or sys.prefix
+A_B = """
+    def test_load(llm_load):
+        assert llm_load(users=2, prompt_tokens=31, max_tokens=8).ok
+"""
+
+
+def test_each_side_of_an_ab_session_runs_from_its_own_install(pytester: pytest.Pytester) -> None:
+    """B from --llm-candidate-vllm (the second install, or this one again in CI), A from the running
+    Python: each report's environment names its own install and the versions read from it."""
+    second = resolve_install(SECOND, option="--llm-candidate-vllm")
+    here = resolve_install(None)
+    pytester.makepyfile(A_B)
+    result = pytester.runpytest_subprocess(f"--llm-candidate-vllm={SECOND}",
+                                           f"--llm-candidate-server-env={'='.join(MARK)}", "--llm-repeats=1", "--llm-warmup=none", "-p", "no:cacheprovider",
+                                           timeout=900)
+    result.assert_outcomes(passed=1)
+    a = json.loads((pytester.path / "llmload-report" / "llmload.json").read_text())
+    b = json.loads((pytester.path / "llmload-report" / "candidate" / "llmload.json").read_text())
+    assert all(c["ok"] for c in a["cells"] + b["cells"]) and b["cells"]
+    assert a["environment"]["vllm_install"] == here.to_dict()
+    assert b["environment"]["vllm_install"] == second.to_dict()
+    assert b["environment"]["server_args"][0] == second.python
+    for report, install in ((a, here), (b, second)):
+        env = report["environment"]
+        assert env["torch_version"] == install.torch_version
+        assert install.vllm_version and env["vllm_version"].split("+")[0] == install.vllm_version.split("+")[0]
+    if second.vllm_version != here.vllm_version:
+        result.stdout.fnmatch_lines(["*differs: vllm_version*"])

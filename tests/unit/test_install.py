@@ -258,3 +258,81 @@ def test_each_side_records_its_own_install(env_dir: Path) -> None:
     diff = {d.key: (d.now, d.then, d.deployment) for d in differences(env, here)}
     if here["torch_version"] is not None:  # context beside the verdicts, never a refusal
         assert diff["torch_version"] == ("2.99.0+cpu", here["torch_version"], False)
+
+
+# ----- the session's sides
+
+
+def test_each_side_launches_from_its_own_install_with_its_own_env(env_dir: Path, tmp_path: Path) -> None:
+    from pytest_llmload.server.placement import Placement
+    from pytest_llmload.session import LoadSession
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    settings = Settings(model=str(model), device="cpu", report_dir=str(tmp_path / "reports"),
+                        server_env=(("X", "a"), ("ONLY_A", "1")), candidate_vllm=str(env_dir),
+                        candidate_server_env=(("X", "b"), ("VLLM_CPU_OMP_THREADS_BIND", "7")))
+    placed = Placement(client_cpus=(0,), server_cpus=(1,), omp_cpus=(1,), policy="isolated")
+    with LoadSession(settings, rootdir=tmp_path) as load:
+        assert load.b is not None
+        load.a.placement = load.b.placement = placed
+        a, b = load.a.server_spec(), load.b.server_spec()
+    assert a.install == resolve_install(None) and a.install is not None and a.install.is_running_environment
+    assert b.install == resolve_install(env_dir) and b.install is not None and b.install.vllm_version == "9.9.1+cpu"
+    assert build_argv(b, 1)[0] == f"{env_dir}/bin/python"
+    # The placement's variables first, each side's own over them.
+    assert dict(a.env) == {"VLLM_CPU_OMP_THREADS_BIND": "1", "X": "a", "ONLY_A": "1"}
+    assert dict(b.env) == {"VLLM_CPU_OMP_THREADS_BIND": "7", "X": "b"}
+
+
+def test_a_missing_install_at_launch_names_the_sides_option(tmp_path: Path) -> None:
+    from pytest_llmload.session import Side
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for name, option in (("A", "--llm-vllm"), ("B", "--llm-candidate-vllm")):
+        side = Side(name, Settings(model=str(tmp_path), vllm=str(empty)), rootdir=tmp_path)
+        with pytest.raises(ConfigError, match=f"^{option} {empty}: not a Python environment"):
+            side.server_spec()
+
+
+def test_the_ab_mode_follows_each_sides_own_gpus(env_dir: Path) -> None:
+    from pytest_llmload.session import LoadSession
+
+    def mode(**options: object) -> str:
+        return LoadSession(Settings(device="gpu", **options)).ab_mode  # type: ignore[arg-type]
+
+    assert mode(gpus="0", candidate_gpus="1") == "together"
+    assert mode(gpus="0,1", candidate_gpus="1") == "alternate"
+    assert mode(gpus="0", candidate_vllm=str(env_dir)) == "alternate"  # B inherits --llm-gpus: shared
+    assert mode(candidate_gpus="1") == "alternate"  # A on every GPU
+
+
+def test_attached_sides_refuse_the_options_of_a_started_server(env_dir: Path) -> None:
+    from pytest_llmload.session import check_settings
+
+    url = "http://127.0.0.1:9000"
+    with pytest.raises(ConfigError, match="--llm-base-url attaches to a running server: --llm-vllm and "
+                                          "--llm-server-env only apply"):
+        check_settings(Settings(base_url=url, vllm=str(env_dir), server_env=(("A", "1"),)))
+    with pytest.raises(ConfigError, match="--llm-base-url attaches to a running server: --llm-server-env only applies"):
+        check_settings(Settings(base_url=url, server_env=(("A", "1"),)))
+    for field, value, flag in (("candidate_vllm", str(env_dir), "--llm-candidate-vllm"),
+                               ("candidate_server_env", (("A", "1"),), "--llm-candidate-server-env"),
+                               ("candidate_gpus", "1", "--llm-candidate-gpus")):
+        with pytest.raises(ConfigError, match=f"--llm-candidate-base-url attaches to a running candidate: {flag} "
+                                              "only applies"):
+            check_settings(Settings(candidate_base_url=url, **{field: value}))  # type: ignore[arg-type]
+    check_settings(Settings(base_url=url, candidate_vllm=str(env_dir)))  # A attached, B started from its install
+
+
+def test_compare_fail_names_every_option_that_makes_a_candidate(env_dir: Path) -> None:
+    from pytest_llmload.session import check_settings
+
+    with pytest.raises(ConfigError) as err:
+        check_settings(Settings(compare_fail=("e2e_p50:10%",)))
+    for flag in ("--llm-candidate-model", "--llm-candidate-server-arg", "--llm-candidate-vllm",
+                 "--llm-candidate-server-env", "--llm-candidate-gpus", "--llm-candidate-base-url"):
+        assert flag in str(err.value)
+    check_settings(Settings(compare_fail=("e2e_p50:10%",), candidate_vllm=str(env_dir)))
