@@ -16,14 +16,16 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-from .gate.capacity import CapacityResult, Inconclusive, find_max_users
+from .gate.capacity import CapacityResult, find_max_users
 from .errors import (
     BaselineMismatchError,
     ConfigError,
+    Inconclusive,
     LLMLoadError,
     ReportFileError,
     ServerError,
     ServerStartError,
+    SetupError,
     SLOViolation,
 )
 from .metrics import cell_stats
@@ -73,6 +75,7 @@ __all__ = [
     "ServerSpec",
     "ServerStartError",
     "Settings",
+    "SetupError",
     "VLLMServer",
     "__version__",
     "build_tiny_model",

@@ -13,13 +13,10 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..errors import LLMLoadError, SLOViolation
+from ..errors import Inconclusive as Inconclusive  # defined there; imported from here too
+from ..errors import SLOViolation
 from ..results import CellResult
 from ..objectives import SLO
-
-
-class Inconclusive(LLMLoadError):
-    """The verdict hinges on a measurement too close to the limit to call; the plugin reports a skip."""
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .client import StreamRequest, api_path, http_request, request_body
+from ..errors import LoadWorkerError as LoadWorkerError  # defined there; imported from here too
+from .client import Endpoint, StreamRequest, api_path, http_request, request_body
 from .selfcheck import LoopMonitor
 from .shard import ShardJob, ShardOutcome, together_spread
 
@@ -264,10 +265,6 @@ class ShardRunner:
         await asyncio.gather(*(one(r) for r in reqs))
 
 
-class LoadWorkerError(RuntimeError):
-    """A load worker failed (crashed, could not start, raised): the cell it was running fails with this."""
-
-
 @dataclass(frozen=True)
 class Ran:
     """What a backend hands back for a cell: the shards' outcomes and the cell's one start instant."""
@@ -289,6 +286,10 @@ class Backend(Protocol):
 
     def size(self) -> int:
         """How many shards a cell is dealt into (at most); a cluster backend joins its cluster to count."""
+
+    async def start(self, endpoint: Endpoint) -> None:
+        """Start the workers now (once; again after one died) and check that they can reach `endpoint`;
+        `errors.SetupError`, naming the fix, when they cannot start or cannot reach it."""
 
     async def run(self, jobs: Sequence[ShardJob], on_progress: OnProgress) -> Ran:
         """Run the shards with one start for all; on cancellation abort them, then re-raise."""
@@ -313,6 +314,9 @@ class InProcess:
 
     def size(self) -> int:
         return 1
+
+    async def start(self, endpoint: Endpoint) -> None:
+        """Nothing to start: the shard runs on the caller's loop, which reaches what the caller reaches."""
 
     async def run(self, jobs: Sequence[ShardJob], on_progress: OnProgress) -> Ran:
         [job] = jobs

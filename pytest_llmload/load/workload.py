@@ -31,6 +31,8 @@ from typing import Any, Protocol
 
 import httpx
 
+from ..errors import PromptSizingError as PromptSizingError  # defined there; imported from here too
+
 # Common, short English words: a realistic token mix for any tokenizer.
 WORDS = tuple("""
 the of and to in is was for on that with as by at from his her this which or an are had be it not
@@ -42,10 +44,6 @@ under since major back group days open field left road best well second found bo
 name line point music place might great right three every young still order money study level
 """.split())
 _SEED = 1234
-
-
-class PromptSizingError(RuntimeError):
-    """Prompts of the requested size could not be built (tokenizer unreachable, size impossible)."""
 
 
 class TokenCounter(Protocol):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from ..errors import LLMLoadError
+from ..errors import ReportWriteError as ReportWriteError  # defined there; imported from here too
 from ..results import RunResult
 from .csv_report import write_csv
 from .html import write_html
@@ -27,16 +27,6 @@ WRITERS: dict[str, tuple[str, Callable[[RunResult, Path], Path]]] = {
     "html": ("report.html", write_html),
 }
 FORMATS = tuple(WRITERS)
-
-
-class ReportWriteError(LLMLoadError):
-    """Some report formats could not be written; `.written` lists those that were, `.errors` the rest."""
-
-    def __init__(self, written: list[Path], errors: dict[str, BaseException]) -> None:
-        self.written = written
-        self.errors = errors
-        details = "; ".join(f"{fmt}: {type(e).__name__}: {e}" for fmt, e in errors.items())
-        super().__init__(f"could not write {len(errors)} report format(s): {details}")
 
 
 def write_reports(run: RunResult, report_dir: Path | str, *, formats: Iterable[str] = FORMATS) -> list[Path]:
