@@ -31,6 +31,13 @@ ERROR_KINDS = (
     "no_usage",  # finished but the server sent no `usage`, so tokens cannot be counted
 )
 
+# Who is at fault when a measurement failed (`CellResult.cause`).
+CAUSES = (
+    "server",  # the server answered with errors, died, or could not run the cell: the study's "-"
+    "client",  # the tool could not measure (a load worker crashed; an invalid cell)
+    "setup",  # the tool was configured so that it cannot measure (errors.SetupError names the fix)
+)
+
 
 @dataclass(frozen=True, slots=True)
 class CellSpec:
@@ -214,6 +221,7 @@ class CellResult:
     invalid cell's numbers are kept for diagnosis, never used as a measurement.
     `t0_monotonic_ns` / `t0_unix_ns` anchor the cell's time zero (record times are relative to it) on
     CLOCK_MONOTONIC and on the wall clock, read at the same instant, to line records up with server logs.
+    `cause` says who is at fault when the cell failed or is invalid: "server", "client" or "setup" (CAUSES).
     `extra` carries optional per-cell sections (GPU telemetry, server /metrics deltas, physical limit,
     warnings) keyed by name, so the core does not depend on the modules that fill them.
     """
@@ -238,6 +246,7 @@ class CellResult:
     cache: str = ""  # the prefix-cache state asked for ("" not controlled); what it was: extra["prefix_cache"]
     workload: str = ""  # the replayed trace's name
     speed: float = 1.0
+    cause: str | None = None  # one of CAUSES when the cell failed or is invalid, else None
 
     def __repr__(self) -> str:
         # Short, so that a failed plain `assert result.e2e.p95 < 20` names the cell instead of dumping records.
@@ -325,6 +334,7 @@ class CellResult:
             "error": self.error,
             "valid": self.valid,
             "invalid_reasons": list(self.invalid_reasons),
+            "cause": self.cause,
             "t0_monotonic_ns": self.t0_monotonic_ns,
             "t0_unix_ns": self.t0_unix_ns,
             "stats": None if self.stats is None else self.stats.to_dict(),
@@ -353,11 +363,20 @@ class CellResult:
             t0_unix_ns=d.get("t0_unix_ns"),
             rounds=int(d.get("rounds") or 1),
             **{k: d.get(k, default) for k, default in _WORKLOAD_DEFAULTS.items()},
+            cause=d.get("cause", _legacy_cause(d)),
         )
 
 
 # Cell fields a workload sets; written only when not the default, so plain cells keep their JSON shape.
 _WORKLOAD_DEFAULTS: dict[str, Any] = {"turns": 1, "think_time_s": 0.0, "cache": "", "workload": "", "speed": 1.0}
+
+
+def _legacy_cause(d: dict[str, Any]) -> str | None:
+    """The cause of a cell stored before causes were recorded: a failure was the server's (the study's "-"),
+    an invalid cell the client's."""
+    if not d["ok"]:
+        return "server"
+    return None if d.get("valid", True) else "client"
 
 
 @dataclass

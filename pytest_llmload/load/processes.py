@@ -33,6 +33,8 @@ from collections.abc import Awaitable, Iterable, Sequence
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
+from ..errors import SetupError
+from .client import Endpoint
 from .shard import ShardJob, ShardOutcome
 from .worker import LoadWorkerError, OnProgress, Ran, ShardRunner, SignalledGate, new_event_loop, wall_clock_at
 
@@ -183,6 +185,16 @@ class ProcessBackend:
     async def start_workers(self) -> None:
         """Start the worker processes now (else the first cell does)."""
         await self._started()
+
+    async def start(self, endpoint: Endpoint) -> None:
+        """`start_workers`, with a worker that cannot start as a SetupError (they share this host's network)."""
+        try:
+            await self._started()
+        except LoadWorkerError as exc:
+            raise SetupError(
+                f"the load worker processes could not start (--llm-load-workers {self.workers}): {exc}\n"
+                "fix: the worker's stderr above says why (each runs `python -m pytest_llmload.load.processes` "
+                "with this interpreter); --llm-load-workers 1 runs the load in this process instead") from exc
 
     async def _started(self) -> list[_WorkerProcess]:
         if self._procs and all(p.alive for p in self._procs):

@@ -15,8 +15,12 @@ Clocks: hosts do not share CLOCK_MONOTONIC. The start barrier is therefore a wal
 (`worker.monotonic_at_wall`); each worker times its requests on that clock relative to that instant. Before the start, the coordinator measures each actor's wall-clock offset from its own
 (the best of `CLOCK_PINGS` round trips; the uncertainty is half that round trip), and after the cell the
 barrier skew, the spread of the actors' first writes on the coordinator's clock, counts in the cell's
-validity like the start spread (`selfcheck.judge_cell`). Actors on other hosts must reach the server:
-a server on 127.0.0.1 is refused when an actor is on another node.
+validity like the start spread (`selfcheck.judge_cell`).
+
+Faults of the set-up are `errors.SetupError`s, raised before the first cell (`LoadRunner.start`, else the
+first cell's start), never a failed cell: actors that cannot be placed or cannot start (pytest-llmload
+missing on a node), and a server on this host's loopback (127.0.0.1, localhost) when an actor runs on
+another node, which could never reach it.
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, SetupError
+from .client import Endpoint
 from .shard import ShardJob, ShardOutcome
 from .worker import LoadWorkerError, OnProgress, Ran, monotonic_at_wall
 
@@ -154,31 +159,49 @@ class RayBackend:
             ray.get(self._pg.ready(), timeout=PLACEMENT_TIMEOUT_S)
         except Exception as exc:  # noqa: BLE001 - GetTimeoutError and friends: the cluster cannot place them
             self._shutdown(ray)
-            raise LoadWorkerError(f"the Ray cluster could not place {count} load actor(s) of 1 CPU each "
-                                  f"({self._strategy}, {len(nodes)} node(s)) within {PLACEMENT_TIMEOUT_S:g} s: "
-                                  f"{exc!r}") from None
+            raise SetupError(f"the Ray cluster could not place {count} load actor(s) of 1 CPU each "
+                             f"({self._strategy}, {len(nodes)} node(s)) within {PLACEMENT_TIMEOUT_S:g} s: {exc!r}\n"
+                             "fix: ask for at most as many --llm-load-workers as the cluster has free CPUs, "
+                             "or leave it unset (one actor per node)") from None
         actor_class = ray.remote(num_cpus=1)(ShardActor)
         self._actors = [actor_class.options(scheduling_strategy=PlacementGroupSchedulingStrategy(
             placement_group=self._pg, placement_group_bundle_index=i)).remote() for i in range(count)]
-        self._hello = ray.get([a.hello.remote() for a in self._actors], timeout=PLACEMENT_TIMEOUT_S)
+        try:
+            self._hello = ray.get([a.hello.remote() for a in self._actors], timeout=PLACEMENT_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001 - RayActorError, GetTimeoutError: an actor could not start
+            self._shutdown(ray)
+            raise SetupError(f"the Ray load actors could not start their load worker: {_ray_error_text(exc)}\n"
+                             "fix: every node of the cluster needs this Python environment, pytest-llmload "
+                             "included (a runtime_env or the same image on every node)") from None
         self.workers = count
         return self._actors
 
-    def _check_reachable(self, jobs: Sequence[ShardJob]) -> None:
+    async def start(self, endpoint: Endpoint) -> None:
+        """Place and start the actors (blocking: Ray's own calls), then refuse a server they cannot reach."""
+        self._start()
+        self._check_reachable(endpoint.host)
+
+    def _check_reachable(self, host: str) -> None:
+        """SetupError when the server is on this host's loopback and an actor runs on another node."""
+        if not _is_loopback(host):
+            return
         ray = import_ray()
         here = ray.get_runtime_context().get_node_id()
-        host = jobs[0].endpoint.host
-        away = [h["host"] for h in self._hello[:len(jobs)] if h["node_id"] != here]
-        if away and _is_loopback(host):
-            raise LoadWorkerError(
+        away = [h["host"] for h in self._hello if h["node_id"] != here]
+        if away:
+            nodes = sorted({h["node_id"][:12] for h in self._hello if h["node_id"] != here})
+            address = ray.util.get_node_ip_address()
+            raise SetupError(
                 f"the server is at {host}, this host's loopback, but load actors run on other nodes "
-                f"({', '.join(sorted(set(away)))}): serve on an address they reach (--llm-host 0.0.0.0, or "
-                "--llm-base-url http://ADDRESS:PORT)")
+                f"({', '.join(sorted(set(away)))}; node {', '.join(nodes)}): they cannot reach it\n"
+                f"fix: serve on an address of this host they reach (this node's address in the Ray cluster is "
+                f"{address}): --llm-host {address} for a server the session starts, or --llm-base-url "
+                f"http://{address}:PORT for one already serving there")
 
     # ---- a cell -----------------------------------------------------------------------------------------
     async def run(self, jobs: Sequence[ShardJob], on_progress: OnProgress) -> Ran:
         actors = self._start()[:len(jobs)]
-        self._check_reachable(jobs)
+        self._check_reachable(jobs[0].endpoint.host)
         self._running = actors
         self._seen = [(0, 0)] * len(actors)
         self._aborted = None

@@ -11,6 +11,11 @@ machine; `processes.ProcessBackend`: K processes on K cores; `raycluster.RayBack
 many hosts), watches the server meanwhile, and merges the workers' raw records into one cell. Every
 worker runs the same code (`worker.ShardRunner`) and the same self-check.
 
+A failed or invalid cell says who is at fault (`CellResult.cause`): "server" (it answered with errors,
+died, or could not run the cell), "client" (a load worker crashed; the cell is invalid). A fault of the
+set-up (workers that cannot start or cannot reach the server, a server without /tokenize and no local
+tokenizer) is raised as `SetupError`, naming the fix: `start()` finds it before the first cell.
+
 The runner owns its event loop (uvloop when installed: see `benchmarks/README.md` for the numbers),
 so `run_cell` can be called from plain synchronous code such as a pytest test.
 """
@@ -31,6 +36,7 @@ import httpx
 
 from .client import Endpoint, api_path
 from ..control import async_client
+from ..errors import LoadWorkerError, PromptSizingError, SetupError
 from ..metrics import cell_stats
 from ..vocabulary import goodput_of
 from .progress import Progress
@@ -39,7 +45,7 @@ from ..results import CellResult, CellSpec, RequestRecord
 from .conversation import (CACHE_STATES, conversation_plan, trace_plan, trace_prompts, turn_sections, usage_hit_rate,
                            warm_prompts)
 from .shard import MergedCell, RequestPlan, client_section, merge_outcomes, plan_shards
-from .worker import Backend, InProcess, LoadWorkerError, Ran, new_event_loop
+from .worker import Backend, InProcess, Ran, new_event_loop
 from .workload import LocalTokenizer, Prompt, PromptFactory, ServerTokenizer, TokenCounter, matrix
 
 __all__ = ["CellObserver", "LoadRunner", "arrival_times", "make_backend", "new_event_loop"]
@@ -118,8 +124,14 @@ class LoadRunner:
         self.last_t0: float | None = None
 
     # ---- sync facade -------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the load workers and check that they reach the server, before the first cell: SetupError,
+        naming the fix, when they cannot (every cell does this too; it is done once)."""
+        self._run(self.astart())
+
     def run_cell(self, spec: CellSpec) -> CellResult:
-        """Run one cell and return its result (never raises for a failed cell: `ok` is False)."""
+        """Run one cell and return its result (never raises for a failed cell: `ok` is False and `cause`
+        says whose fault it was); SetupError when the tool's set-up cannot measure any cell."""
         return self._run(self.arun_cell(spec))
 
     def run_cell_kw(self, users: int, prompt_tokens: int, max_tokens: int = 100, rounds: int = 1) -> CellResult:
@@ -202,6 +214,10 @@ class LoadRunner:
         return result
 
     # ---- a cell -------------------------------------------------------------------------------------
+    async def astart(self) -> None:
+        """The async version of `start`."""
+        await self.backend.start(self.endpoint)
+
     async def arun_cell(self, spec: CellSpec) -> CellResult:
         """The async version of `run_cell`."""
         if spec.workload is not None:
@@ -210,22 +226,33 @@ class LoadRunner:
             label = f"rate={spec.rate:g}/s P={spec.prompt_tokens}"
         else:
             label = f"users={spec.users} P={spec.prompt_tokens}" + (f" turns={spec.turns}" if spec.turns > 1 else "")
-        if (cause := self._death_cause()) is not None:
-            return self._failed(spec, cause)
+        if (died := self._death_cause()) is not None:
+            return self._failed(spec, died, "server")
         try:
             n, arrivals = self._request_count(spec)
+        except ValueError as e:  # a cell that cannot be asked for: nothing of the server's
+            return self._failed(spec, f"cannot run this cell: {e}", "setup")
+        await self.astart()
+        if (died := self._death_cause()) is not None:  # while the workers started
+            return self._failed(spec, died, "server")
+        try:
             prompts, plan = await self._prompts(spec, n)
+        except SetupError:
+            raise
         except Exception as e:  # noqa: BLE001 - any sizing failure is this cell's error, not the run's
             # Sizing talks to the server (/tokenize): if it died meanwhile, that is the cause to report.
-            cause = self._death_cause() or f"cannot build prompts of {spec.prompt_tokens} tokens: {e!r}"
-            return self._failed(spec, cause)
+            if (died := self._death_cause()) is not None:
+                return self._failed(spec, died, "server")
+            return self._failed(spec, f"cannot build prompts of {spec.prompt_tokens} tokens: {e!r}",
+                                "server" if isinstance(e, (PromptSizingError, httpx.HTTPError)) else "client")
         cache = await self._prepare_cache(spec, prompts, plan)  # before the observers: warming is not the cell's
         warnings = self._call_observers_before(spec)
         self.progress.start_cell(label, n)
         try:
             launched = await self._launch(spec, prompts, arrivals, n, plan)
-        except LoadWorkerError as e:  # a worker crashed or could not start: this cell fails, the run goes on
-            return self._failed(spec, self._death_cause() or str(e))
+        except LoadWorkerError as e:  # a worker crashed: this cell fails, the run goes on with fresh workers
+            died = self._death_cause()
+            return self._failed(spec, died or str(e), "server" if died else "client")
         finally:
             self._abort_all("timeout", "cell cancelled")
             self.progress.end_cell()
@@ -376,10 +403,11 @@ class LoadRunner:
         if spec.goodput_ttft_s is not None or spec.goodput_tpot_s is not None:
             stats = dataclasses.replace(stats, goodput=goodput_of(records, spec.goodput_ttft_s, spec.goodput_tpot_s))
         error = launched.died or _failure_cause(records)
+        cause = None if error is None else "server" if records else "setup"  # no records: none were asked
         result = CellResult(users=spec.users, prompt_tokens=spec.prompt_tokens, max_tokens=spec.max_tokens,
                             ok=error is None, error=error, stats=stats, records=records, mode=spec.mode,
                             rate=spec.rate, rounds=spec.rounds, t0_monotonic_ns=round(ran.t0 * 1e9),
-                            t0_unix_ns=ran.t0_unix_ns, **_workload_fields(spec))
+                            t0_unix_ns=ran.t0_unix_ns, cause=cause, **_workload_fields(spec))
         # Observers see the measured cell; their sections and the verdict on its validity complete it in
         # a new (frozen) CellResult.
         extra, observer_warnings = self._call_observers_after(result)
@@ -399,7 +427,8 @@ class LoadRunner:
             barrier_skew_s=merged.barrier_skew_s if own_clocks else None,
             clock_uncertainty_s=ran.clock_uncertainty_s)
         reasons = (*reasons, *workload_reasons) if result.ok else reasons
-        return dataclasses.replace(result, extra=extra, valid=not reasons, invalid_reasons=reasons)
+        return dataclasses.replace(result, extra=extra, valid=not reasons, invalid_reasons=reasons,
+                                   cause="client" if reasons else result.cause)
 
     @staticmethod
     def _workload_sections(spec: CellSpec, extra: dict[str, Any], records: Sequence[RequestRecord],
@@ -425,10 +454,9 @@ class LoadRunner:
                     f"{cache.get('reason')}",)
         return ()
 
-    def _failed(self, spec: CellSpec, error: str, records: tuple[RequestRecord, ...] = ()) -> CellResult:
+    def _failed(self, spec: CellSpec, error: str, cause: str) -> CellResult:
         return CellResult(users=spec.users, prompt_tokens=spec.prompt_tokens, max_tokens=spec.max_tokens,
-                          ok=False, error=error, stats=cell_stats(records) if records else None,
-                          records=records, mode=spec.mode, rate=spec.rate, rounds=spec.rounds,
+                          ok=False, error=error, mode=spec.mode, rate=spec.rate, rounds=spec.rounds, cause=cause,
                           **_workload_fields(spec))
 
     def _death_cause(self) -> str | None:
@@ -478,8 +506,9 @@ class LoadRunner:
             elif self.tokenizer_path is not None:
                 counter = LocalTokenizer(self.tokenizer_path, api)
             else:
-                raise RuntimeError(f"{self.base_url} has no working /tokenize; pass tokenizer_path "
-                                   "(a Hugging Face tokenizer directory) to size prompts exactly")
+                raise SetupError(f"{self.base_url} has no working /tokenize, so prompts cannot be sized to "
+                                 "the token\nfix: pass tokenizer_path (a Hugging Face tokenizer directory) to "
+                                 "size prompts exactly")
             self._factories[api] = PromptFactory(counter, shared_prefix=self.shared_prefix,
                                                  verify_all=isinstance(counter, LocalTokenizer))
         return self._factories[api]

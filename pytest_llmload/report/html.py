@@ -15,7 +15,7 @@ from ..results import RunResult
 from . import plots
 from ._files import atomic_write_text
 from .sections import REPORT_MATRICES, environment_rows, run_sections, section_names, section_table, section_title
-from .table import INVALID_LEGEND, MISSING, formatted_rows, invalid_table, matrix, matrix_title, model_name, summary_table
+from .table import INVALID_LEGEND, MISSING, SETUP_LEGEND, formatted_rows, invalid_table, matrix, matrix_title, model_name, summary_table
 
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", "DejaVu Sans", sans-serif; margin: 2em auto;
@@ -119,11 +119,13 @@ def render_html(run: RunResult) -> str:
     title = "pytest-llmload report" + (f" — {model}" if model else "")
     sections: list[tuple[str, str, str]] = []  # (anchor, heading, body)
     if run.matrix_axes()[0]:
-        note = ('<p>Rows: simultaneous users; columns: prompt tokens; "-": the cell could not run (the study&#x27;s '
-                f'mark); blank: not measured; {escape(INVALID_LEGEND)}.</p>')
+        note = ('<p>Rows: simultaneous users; columns: prompt tokens; "-": the server could not run the cell (the '
+                f'study&#x27;s mark); blank: not measured; {escape(INVALID_LEGEND)}; {escape(SETUP_LEGEND)}.</p>')
         grid = "\n".join(_matrix_html(run, m, s) for m, s in REPORT_MATRICES)
         sections.append(("matrices", "Matrices", f'{note}<div class="grid">{grid}</div>'))
-        figures = "\n".join(_figure_html(a, c, d, run) for a, c, d in FIGURES)
+        missing = plots.unavailable()
+        figures = (f'<p class="notice">{escape(missing)}</p>' if missing
+                   else "\n".join(_figure_html(a, c, d, run) for a, c, d in FIGURES))
         if figures.strip():
             sections.append(("figures", "Figures", figures))
     from .history import TREND_KEY  # noqa: PLC0415 - sqlite3 and the gates load only for a report

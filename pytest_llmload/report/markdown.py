@@ -10,7 +10,7 @@ from tabulate import tabulate
 from ..results import RunResult
 from ._files import atomic_write_text
 from .sections import REPORT_MATRICES, environment_rows, run_sections, section_names, section_table, section_title
-from .table import INVALID_LEGEND, formatted_rows, invalid_table, matrix, matrix_title, model_name, summary_table
+from .table import INVALID_LEGEND, SETUP_LEGEND, formatted_rows, invalid_table, matrix, matrix_title, model_name, summary_table
 
 
 def _md_escape(cell: str) -> str:
@@ -37,8 +37,8 @@ def render_markdown(run: RunResult) -> str:
     if run.interrupted:
         parts.append("**The run was interrupted: some cells are missing.**\n")
     if run.matrix_axes()[0]:
-        parts.append("## Matrices\n\nRows: simultaneous users; columns: prompt tokens; \"-\": the cell could not run "
-                     f"(the study's mark); blank: not measured; {INVALID_LEGEND}.\n")
+        parts.append("## Matrices\n\nRows: simultaneous users; columns: prompt tokens; \"-\": the server could not run "
+                     f"the cell (the study's mark); blank: not measured; {INVALID_LEGEND}; {SETUP_LEGEND}.\n")
         parts.extend(_matrix_md(run, m, s) for m, s in REPORT_MATRICES)
     invalid = invalid_table(run)
     if invalid[1]:

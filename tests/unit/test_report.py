@@ -15,18 +15,53 @@ from pytest_llmload.report import ReportWriteError, read_report, write_reports
 from pytest_llmload.report import json_report
 from pytest_llmload.report.csv_report import render_csv
 from pytest_llmload.report.markdown import render_markdown
-from pytest_llmload.report.table import matrix, render_matrix
+from pytest_llmload.report.table import INVALID, SETUP_ERROR, failure_message, matrix, render_matrix
+from pytest_llmload.results import CellResult
 
 from factories import make_run, repeat_cell, repeated_run
 
 
 # -------------------------------------------------------------------------------------------- tables
+def _failed(users: int, prompt: int, cause: str | None, error: str) -> CellResult:
+    return CellResult(users=users, prompt_tokens=prompt, max_tokens=100, ok=False, error=error, cause=cause)
+
+
+def test_the_dash_is_only_for_the_server_set_up_faults_are_errors_client_faults_invalid() -> None:
+    run = make_run(users=(1, 2), prompts=(31,), failed=())
+    run.cells += [_failed(4, 31, "server", "all 4 requests failed: http_400 x4"),
+                  _failed(8, 31, "setup", "the server is at 127.0.0.1, this host's loopback ...\nfix: serve ..."),
+                  _failed(16, 31, "client", "Ray load actor 1 failed: load worker 0 exited with -9"),
+                  _failed(32, 31, None, "server died (exit code 0)")]  # before causes were recorded: the server's
+    rows = matrix(run, "e2e", "mean")[2]
+    assert [r[0] for r in rows[2:]] == [None, SETUP_ERROR, INVALID, None]
+    text = render_matrix(run)
+    assert [line.split()[-1] for line in text.splitlines()[3:9]][2:] == ["-", "error", "invalid", "-"]
+    assert "error: the tool was set up so that it could not measure" in text
+    again = [CellResult.from_dict(c.to_dict()) for c in run.cells]
+    assert [c.cause for c in again] == [None, None, "server", "setup", "client", None]
+    assert CellResult.from_dict({**run.cells[-1].to_dict(), "cause": None}).cause is None
+    legacy = {k: v for k, v in run.cells[-1].to_dict().items() if k != "cause"}
+    assert CellResult.from_dict(legacy).cause == "server"  # a file written before causes: the study's "-"
+
+
+def test_failure_message_names_cause_error_and_log_tail() -> None:
+    setup = _failed(8, 31, "setup", "loopback\nfix: serve on an address they reach")
+    assert failure_message(setup, log_tail="INFO ready") == (
+        "cell users=8 prompt_tokens=31 max_tokens=100 failed (setup): the tool was set up so that it could not "
+        "measure the cell: loopback\nfix: serve on an address they reach")  # no server log: not its doing
+    server = _failed(4, 31, "server", "all 4 requests failed: http_5xx x4")
+    assert failure_message(server, log_tail="ERROR engine died\n").endswith(
+        "(server): the server could not run the cell: all 4 requests failed: http_5xx x4\n"
+        "--- last lines of the server log ---\nERROR engine died")
+    assert failure_message(make_run().cells[0]) == ""
+
+
 def test_matrix_rows_users_columns_prompts_none_for_failed_nan_for_missing() -> None:
     run = make_run()
     run.cells.pop(0)  # (1, 31) never ran: blank, not the study's "-"
     users, prompts, rows = matrix(run, "e2e", "mean")
     assert users == [1, 2, 4] and prompts == [31, 296]
-    assert math.isnan(rows[0][0]) and rows[2][1] is None  # (4, 296) failed: "-"
+    assert math.isnan(rows[0][0] or 0.0) and rows[2][1] is None  # (4, 296) failed: "-"
     row_1 = render_matrix(run).splitlines()[3].split()
     assert row_1[0] == "1" and len(row_1) == 2 and row_1[1] != "-"  # blank for 31, a value for 296
     assert rows[1][0] == pytest.approx(run.cell(2, 31).e2e.mean)
@@ -71,7 +106,7 @@ def test_a_repeated_cell_is_invalid_only_when_no_repeat_is_valid_and_failed_only
     run.cells.append(repeat_cell(16, 31, e2e=1.0))  # measured once: no "median of" for it alone
     _, _, rows = matrix(run, "e2e", "mean")
     assert rows[0][0] == -math.inf and rows[0][1] is None  # invalid; "-"
-    assert rows[1][0] == pytest.approx(run.cell(16, 31).e2e.mean) and math.isnan(rows[1][1])
+    assert rows[1][0] == pytest.approx(run.cell(16, 31).e2e.mean) and math.isnan(rows[1][1] or 0.0)
     assert ", median of 0-1 valid repeats of 1-2" in render_matrix(run).splitlines()[0]
     assert "invalid" in render_matrix(run)
 

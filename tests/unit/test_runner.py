@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from pytest_llmload.errors import SetupError
 from pytest_llmload.testing.fakeserver import FakeServer
 from pytest_llmload.results import CellResult, CellSpec
 from pytest_llmload.load.runner import CellObserver, LoadRunner, arrival_times
@@ -31,7 +32,7 @@ def all_closed(server: FakeServer, within_s: float = 5.0) -> bool:
 def test_a_cell_measures_every_request(llm_fake_server: FakeServer) -> None:
     with runner_for(llm_fake_server) as runner:
         cell = runner.run_cell_kw(8, 40, 12)
-    assert cell.ok and cell.error is None and len(cell.records) == 8
+    assert cell.ok and cell.error is None and cell.cause is None and len(cell.records) == 8
     assert sorted(r.index for r in cell.records) == list(range(8))
     for r in cell.records:
         assert r.ok and r.output_tokens == 12 and len(r.chunk_times) == 12
@@ -66,6 +67,7 @@ def test_a_failing_cell_does_not_stop_the_matrix(llm_fake_server: FakeServer) ->
     assert seen == cells and [(c.users, c.prompt_tokens) for c in cells] == [(1, 16), (2, 16), (1, 5000), (2, 5000)]
     assert [c.ok for c in cells] == [True, True, False, False]
     assert cells[2].error is not None and "http_400" in cells[2].error and "maximum context length" in cells[2].error
+    assert cells[2].cause == "server"  # the study's "-": the prompt does not fit the model
 
 
 def test_prompt_size_mismatch_is_recorded_not_hidden(llm_fake_server: FakeServer) -> None:
@@ -123,6 +125,7 @@ def test_server_death_cancels_the_cell_and_fails_later_cells_fast(llm_fake_serve
     assert "CUDA out of memory" in first.error
     assert [r.error for r in first.records] == ["server_died"] * 4
     assert not second.ok and second.error == first.error and second.records == ()
+    assert first.cause == second.cause == "server"
     assert all_closed(llm_fake_server)
 
 
@@ -206,7 +209,7 @@ def test_arrival_times() -> None:
 def test_bad_cells_are_refused_as_failed_cells(llm_fake_server: FakeServer) -> None:
     with runner_for(llm_fake_server) as runner:
         cell = runner.run_cell(CellSpec(users=0, prompt_tokens=16))
-    assert not cell.ok and cell.error is not None and "users >= 1" in cell.error
+    assert not cell.ok and cell.error is not None and "users >= 1" in cell.error and cell.cause == "setup"
     with pytest.raises(ValueError):
         LoadRunner(llm_fake_server.base_url, "m", api="embeddings")
 
@@ -222,8 +225,9 @@ def test_without_tokenize_the_local_tokenizer_sizes_prompts(llm_fake_server: Fak
     original = fs._HTTPServerProtocol.tokenize
     fs._HTTPServerProtocol.tokenize = refuse  # type: ignore[method-assign]  # as a hosted API: no /tokenize
     try:
-        with runner_for(llm_fake_server) as runner:
-            assert "no working /tokenize" in (runner.run_cell_kw(1, 16, 2).error or "")
+        with runner_for(llm_fake_server) as runner:  # a fault of the set-up, not a cell the server failed
+            with pytest.raises(SetupError, match="no working /tokenize(.|\n)*fix: pass tokenizer_path"):
+                runner.run_cell_kw(1, 16, 2)
         with runner_for(llm_fake_server, tokenizer_path=str(_tokenizer_dir(tmp_path))) as runner:
             cell = runner.run_cell_kw(2, 50, 2)
     finally:
