@@ -1,8 +1,10 @@
-"""Shared test settings. The tests come in three layers, one folder each, marked by it:
+"""Shared test settings. The tests come in four layers, one folder each, marked by it:
 
-    unit/    one module at a time; no server, or the fake one in-process      pytest tests/unit   (-m unit)
-    plugin/  the plugin as users run it (pytester), against the fake server   pytest tests/plugin (-m plugin)
-    e2e/     a real vLLM on the tiny model (needs the `cpu` extra; minutes)   pytest tests/e2e    (-m e2e)
+    unit/         one module at a time; no server, or the fake one in-process   pytest tests/unit        (-m unit)
+    plugin/       the plugin as users run it (pytester), against the fake server pytest tests/plugin      (-m plugin)
+    integration/  real load worker processes, a Ray cluster of two nodes on this  pytest tests/integration (-m integration)
+                  host, headless Chromium; against the fake server
+    e2e/          a real vLLM on the tiny model (needs the `cpu` extra; minutes)  pytest tests/e2e         (-m e2e)
 
 The fake server's fixtures come from the package's own `pytest_llmload.testing`, as a user's would.
 """
@@ -16,7 +18,7 @@ import pytest
 pytest_plugins = ["pytest_llmload.testing"]
 
 TESTS = Path(__file__).parent
-LAYERS = ("unit", "plugin", "e2e")
+LAYERS = ("unit", "plugin", "integration", "e2e")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

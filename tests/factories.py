@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 from pytest_llmload.metrics import cell_stats
 
@@ -44,7 +45,7 @@ def make_records(n: int, *, e2e: float, ttft: float, seed: int, tokens: int = 10
     return out
 
 
-def make_cell(users: int, prompt: int, *, ok: bool = True, extra: dict | None = None) -> CellResult:
+def make_cell(users: int, prompt: int, *, ok: bool = True, extra: dict[str, Any] | None = None) -> CellResult:
     if not ok:
         return CellResult(users=users, prompt_tokens=prompt, max_tokens=100, ok=False, error="server_died")
     recs = make_records(users, e2e=1.5 + users * 0.05 + prompt / 1000, ttft=0.05 + prompt / 5000, seed=users * 7 + prompt)
@@ -81,7 +82,7 @@ def _noisy(n: int, e2e: float, ttft: float, seed: int, noise: float) -> list[Req
     return out
 
 
-def repeated_run(levels: dict[tuple[int, int], list[float]], *, seed: int = 0, environment: dict | None = None,
+def repeated_run(levels: dict[tuple[int, int], list[float]], *, seed: int = 0, environment: dict[str, Any] | None = None,
                  invalid: dict[tuple[int, int, int], str] | None = None) -> RunResult:
     """A run whose cell (users, prompt) was measured once per level in `levels[(users, prompt)]` (its E2E
     in seconds), in passes like the session's; `invalid[(users, prompt, repeat)]` marks a repeat invalid."""
@@ -95,3 +96,18 @@ def repeated_run(levels: dict[tuple[int, int], list[float]], *, seed: int = 0, e
                                          valid=reason is None, reasons=(reason,) if reason else ()))
     env = {"model": "m", "tensor_parallel_size": 1, "dtype": "float32", "cpu_model": "Xeon", "cpu_count": 2}
     return RunResult(environment={**env, **(environment or {})}, cells=cells)
+
+
+HOSTILE = "<script>alert('x')</script>&"
+
+
+def rich_run() -> RunResult:
+    """A run with a failed cell, every optional section and a hostile model name (for the HTML report)."""
+    run = make_run(users=(1, 2, 4, 8), prompts=(31, 296, 2193), failed=((8, 2193),))
+    run.environment["model"] = "Mistral-7B " + HOSTILE
+    run.environment["server_args"] = {"dtype": "auto", "tensor_parallel_size": 1}
+    run.cells[0].extra["gpu"] = {"util_pct": 97.5, "mem_used_gib": 70.1, "name": HOSTILE}
+    run.cells[1].extra["physical_limit"] = {"bound": "memory bandwidth", "percent": 71.2}
+    run.cells[2].extra["warnings"] = ["start spread 0.4 s > 0.1 s", HOSTILE]
+    run.cells[3].extra["server_metrics"] = {"num_preemptions": 0, "gpu_cache_usage_perc": 0.42}
+    return run

@@ -3,10 +3,14 @@
 Figures are built on `matplotlib.figure.Figure` directly rather than through pyplot, so plotting never
 touches pyplot's global state or the user's backend (a pytest run may have a GUI backend configured).
 Every function returns None when the run has nothing to draw.
+
+matplotlib and numpy are the optional extra `plots`: without them `unavailable()` says so, with the
+install command, and report.html shows that note in place of the figures.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import math
 import warnings
@@ -21,6 +25,16 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 DPI = 96
+INSTALL_HINT = "pip install 'pytest-llmload[plots]'"
+
+
+def unavailable() -> str | None:
+    """Why the figures cannot be drawn here (matplotlib or numpy is not installed), with the install
+    command; None when they can."""
+    missing = [name for name in ("matplotlib", "numpy") if importlib.util.find_spec(name) is None]
+    if not missing:
+        return None
+    return f"the figures need {' and '.join(missing)}, not installed here: {INSTALL_HINT}"
 
 
 def _figure(width: float, height: float, nrows: int = 1, ncols: int = 1) -> tuple[Figure, list[Axes]]:

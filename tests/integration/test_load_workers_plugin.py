@@ -28,7 +28,8 @@ def test_load_workers_run_the_cells_in_worker_processes(pytester: pytest.Pyteste
     result.stdout.fnmatch_lines(["*BACKEND processes 2*"])
     report = json.loads((pytester.path / "llmload-report" / "llmload.json").read_text())
     [cell] = report["cells"]
-    assert cell["valid"] in (True, False) and cell["extra"]["client"]["backend"] == "processes"
+    assert cell["ok"] and cell["extra"]["client"]["backend"] == "processes"
+    assert cell["valid"] or cell["invalid_reasons"]  # two cores shared with the server: invalid only with a reason
     assert sorted(w["requests"] for w in cell["extra"]["client"]["workers"]) == [4, 4]
 
 

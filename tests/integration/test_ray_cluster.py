@@ -17,10 +17,9 @@ from typing import Any
 
 import pytest
 
-from pytest_llmload.errors import ConfigError
+from pytest_llmload.errors import ConfigError, SetupError
 from pytest_llmload.load import raycluster
 from pytest_llmload.load.runner import LoadRunner
-from pytest_llmload.load.worker import LoadWorkerError
 from pytest_llmload.results import CellSpec
 from pytest_llmload.testing.fakeserver import FakeServer
 from wire import fake_server_process, gone, measure
@@ -33,9 +32,10 @@ except ImportError as exc:
 ray: Any = _ray
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[Any]:
-    """A local Ray with two CPUs for the whole session (starting one takes 5-20 s on two cores)."""
+    """A local Ray with two CPUs for this module (starting one takes 5-20 s on two cores); the two-node
+    module starts a cluster of its own after it."""
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         yield ray
@@ -112,7 +112,7 @@ def test_a_crashed_worker_and_ctrl_c_leave_no_process_behind(ray_cluster: Any, l
 
         threading.Thread(target=when_all_arrived, args=(lambda: os.kill(first[1], signal.SIGKILL),), daemon=True).start()
         crashed = runner.run_cell_kw(4, 16, 3)
-        assert not crashed.ok and crashed.error is not None
+        assert not crashed.ok and crashed.error is not None and crashed.cause == "client"
         assert crashed.error.startswith("Ray load actor 1 failed: load worker 0") and "exited with -9" in crashed.error
         second = [h["pid"] for h in backend._hello]  # noqa: SLF001
         assert not set(second) & set(first) and gone(first)  # fresh actors for the next cell
@@ -133,16 +133,16 @@ def test_a_crashed_worker_and_ctrl_c_leave_no_process_behind(ray_cluster: Any, l
 def test_a_server_on_loopback_is_refused_for_actors_on_other_nodes(ray_cluster: Any) -> None:
     backend = raycluster.RayBackend(2)
     backend._hello = [{"node_id": "another-node", "host": "gpu-7", "pid": 1, "cpus": [0]}]  # noqa: SLF001
-    job = type("Job", (), {"endpoint": type("E", (), {"host": "127.0.0.1"})()})()
-    with pytest.raises(LoadWorkerError, match="127.0.0.1, this host's loopback, but load actors run on other "
-                                              r"nodes \(gpu-7\)"):
-        backend._check_reachable([job])  # type: ignore[list-item]  # noqa: SLF001
+    with pytest.raises(SetupError, match="127.0.0.1, this host's loopback, but load actors run on other "
+                                         r"nodes \(gpu-7; node another-node\)(.|\n)*fix: .*--llm-host "):
+        backend._check_reachable("127.0.0.1")  # noqa: SLF001
+    backend._check_reachable("192.0.2.7")  # noqa: SLF001 - an address, not this host's loopback: theirs to reach
 
 
 def test_without_ray_the_error_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
     def no_ray(name: str) -> None:
         raise ImportError(name)
 
-    monkeypatch.setattr(raycluster.importlib, "import_module", no_ray)
+    monkeypatch.setattr("pytest_llmload.load.raycluster.importlib.import_module", no_ray)
     with pytest.raises(ConfigError, match=r"pip install 'pytest-llmload\[ray\]'"):
         LoadRunner("http://127.0.0.1:9", "m", cluster="ray")
