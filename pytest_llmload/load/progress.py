@@ -34,11 +34,6 @@ class Progress:
         self.label, self.requests_total, self.requests_done, self.failed = label, requests, 0, 0
         self._draw(force=True)
 
-    def request_done(self, ok: bool) -> None:
-        self.requests_done += 1
-        self.failed += not ok
-        self._draw()
-
     def add_done(self, ok: int, failed: int) -> None:
         """Several requests at once (what load workers report)."""
         self.requests_done += ok + failed

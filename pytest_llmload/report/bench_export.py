@@ -99,6 +99,16 @@ def export_requested(session: Any) -> bool:
     return any(getattr(session, name, None) for name in ("save", "autosave", "json", "compare", "histogram"))
 
 
+BENCHMARK_PLUGIN_NAME = "pytest-benchmark"  # the name pytest-benchmark registers its session plugin under
+
+
+def benchmark_session(config: Any) -> Any:
+    """pytest-benchmark's session, found as the plugin it registers itself as (`pytest_configure`:
+    `config.pluginmanager.register(session, "pytest-benchmark")`); None when it is not active."""
+    session = config.pluginmanager.get_plugin(BENCHMARK_PLUGIN_NAME)
+    return session if hasattr(session, "benchmarks") else None
+
+
 def add_cells_to_benchmark_session(config: Any, run: RunResult) -> int:
     """Append the run's cells to pytest-benchmark's session; returns how many were added.
 
@@ -107,7 +117,7 @@ def add_cells_to_benchmark_session(config: Any, run: RunResult) -> int:
     or comparison (`export_requested`). Cells already added are replaced, so calling it again with a
     grown run does not duplicate them.
     """
-    session = getattr(config, "_benchmarksession", None)  # pytest-benchmark keeps it there, unstashed
+    session = benchmark_session(config)
     if session is None or getattr(session, "disabled", False) or not export_requested(session):
         return 0
     entries = benchmark_entries(run)
