@@ -61,7 +61,8 @@ A_B = """
 
 
 def _report(path: Path) -> dict[str, Any]:
-    return json.loads((path / "llmload.json").read_text())
+    report: dict[str, Any] = json.loads((path / "llmload.json").read_text())
+    return report
 
 
 def _comparison(report: dict[str, Any], kind: str) -> dict[int, dict[str, Any]]:

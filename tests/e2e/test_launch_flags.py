@@ -22,7 +22,7 @@ def vllm_serve() -> tuple[argparse.ArgumentParser, object]:
         import vllm.entrypoints.cli.serve as serve
         from vllm.utils.argparse_utils import FlexibleArgumentParser
 
-    parser = FlexibleArgumentParser(prog="vllm")
+    parser = FlexibleArgumentParser(prog="vllm")  # type: ignore[no-untyped-call]
     subparsers = parser.add_subparsers(dest="subparser")
     (cmd,) = serve.cmd_init()
     cmd.subparser_init(subparsers).set_defaults(dispatch_function=cmd.cmd)

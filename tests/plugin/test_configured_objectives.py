@@ -63,7 +63,7 @@ def test_met_objectives_pass_and_capacity_is_checked_at_every_prompt_size(pytest
     cases = {c.get("name"): c for c in ET.parse(pytester.path / "junit.xml").iter("testcase")}
     assert set(cases) == {"chat latency", "holds 3 users"}
     props = {p.get("name"): p.get("value") for p in cases["chat latency"].iter("property")}
-    assert 0 < float(props["llm_e2e_p95_s[u2-p31]"]) < 30
+    assert 0 < float(props["llm_e2e_p95_s[u2-p31]"] or "nan") < 30
 
 
 def test_objectives_work_with_k_and_collect_only(pytester: pytest.Pytester, llm_fake_server: FakeServer) -> None:

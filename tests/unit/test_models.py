@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
 from importlib import resources
 from pathlib import Path
 
@@ -32,7 +33,7 @@ def tiny_dir(tiny_cache: Path) -> Path:
 
 
 @pytest.mark.parametrize("table", STUDY["tables"], ids=lambda t: t["table"])
-def test_every_study_table_has_a_matching_preset(table: dict) -> None:
+def test_every_study_table_has_a_matching_preset(table: dict[str, Any]) -> None:
     [preset] = [p for p in PRESETS.values() if p.study_table == table["table"]]
     assert preset.gpus == table["gpus"]
     assert preset.tensor_parallel * preset.pipeline_parallel == int(table["gpus"].split("x")[0])

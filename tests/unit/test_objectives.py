@@ -55,7 +55,7 @@ def test_selectors() -> None:
 
 def test_ini_line_and_toml_file(tmp_path: pytest.TempPathFactory) -> None:
     slo = parse_slo_line("users=32 prompt_tokens=31,63 e2e_p95_s=20", "ini")
-    assert slo.users == {32} and slo.prompt_tokens == {31, 63}
+    assert slo.users == frozenset({32}) and slo.prompt_tokens == frozenset({31, 63})
     path = tmp_path / "deploy.toml"  # type: ignore[operator]
     path.write_text('[[slo]]\nname = "chat"\nusers = 32\ne2e_p95_s = 20\n[[slo]]\ntokens_per_s_per_user_min = 20\n')
     slos = load_slo_file(str(path))

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from pytest_llmload.metrics import cell_stats
+from pytest_llmload.observe.gpu_specs import gpu_bandwidth, parse_gpu_layout
 from pytest_llmload.observe.physical import (
     Bound,
     ModelFacts,
@@ -15,9 +16,7 @@ from pytest_llmload.observe.physical import (
     bytes_per_weight,
     decode_bound,
     facts_from_preset,
-    gpu_bandwidth,
     model_facts_for,
-    parse_gpu_layout,
     percent_of_bound,
     physical_limit_section,
 )

@@ -178,7 +178,8 @@ class Endpoint:
     """A MockTransport whose /metrics answers the text (or status, or exception) currently set."""
 
     def __init__(self, text: str = "") -> None:
-        self.text, self.status, self.exc = text, 200, None
+        self.text, self.status = text, 200
+        self.exc: Exception | None = None
         self.queue: list[str] = []  # answered first, one per request
         self.requests = 0
         self.auth: list[str | None] = []

@@ -12,6 +12,7 @@ from pytest_llmload.load.client import Endpoint
 from pytest_llmload.load.selfcheck import ClientCheck, judge, judge_cell
 from pytest_llmload.load.shard import (
     MergedCell,
+    ShardJob,
     ShardOutcome,
     barrier_skew,
     client_section,
@@ -27,7 +28,7 @@ from pytest_llmload.vocabulary import percentile
 ENDPOINT = Endpoint.from_url("http://127.0.0.1:9")
 
 
-def plan(spec: CellSpec, workers: int, arrivals: list[float] | None = None) -> list:
+def plan(spec: CellSpec, workers: int, arrivals: list[float] | None = None) -> list[ShardJob]:
     n = len(arrivals) if arrivals is not None else spec.users * spec.rounds
     prompts = [Prompt(f"prompt {i}", 10 + i) for i in range(n)]
     return plan_shards(spec, prompts, arrivals, workers, endpoint=ENDPOINT, api="completions", model="m",

@@ -41,7 +41,9 @@ def test_ratio_interval_is_welch_on_logs() -> None:
     lc, lb = [math.log(x) for x in cur], [math.log(x) for x in base]
     d = sum(lc) / 3 - sum(lb) / 3
     assert iv.ratio == pytest.approx(math.exp(d))
-    var = lambda xs: sum((x - sum(xs) / len(xs)) ** 2 for x in xs) / (len(xs) - 1)  # noqa: E731
+    def var(xs: list[float]) -> float:
+        return sum((x - sum(xs) / len(xs)) ** 2 for x in xs) / (len(xs) - 1)
+
     se = math.sqrt(var(lc) / 3 + var(lb) / 3)
     assert iv.df == pytest.approx(4.0, rel=0.01)  # equal spreads: n_c + n_b - 2
     assert iv.low == pytest.approx(math.exp(d - t_quantile(0.95, iv.df) * se))

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,7 +31,7 @@ SPEC = CellSpec(users=2, prompt_tokens=31)
 class ScriptedReader:
     """Returns the next scripted Sample of each GPU on every call; raises where the script says so."""
 
-    def __init__(self, script: dict[int, list[Sample | Exception]], names: list[str] | None = None) -> None:
+    def __init__(self, script: Mapping[int, Sequence[Sample | Exception]], names: list[str] | None = None) -> None:
         self.script = {i: iter(s) for i, s in script.items()}
         self._names = names or [f"Fake GPU {i}" for i in range(len(script))]
         self.closed = False
@@ -72,12 +75,14 @@ def clock(*times: float):
     return lambda: next(it)
 
 
-def run_scripted(tel: GpuTelemetry, ticks: int, result: CellResult) -> dict:
+def run_scripted(tel: GpuTelemetry, ticks: int, result: CellResult) -> dict[str, Any]:
     """before_cell (first sample), `ticks` manual samples, after_cell (last sample)."""
     tel.before_cell(SPEC)
     for _ in range(ticks):
         tel.sample_once()
-    return tel.after_cell(result)
+    out = tel.after_cell(result)
+    assert out is not None
+    return out
 
 
 def test_exact_peaks_means_energy_and_joules_per_token():
@@ -131,7 +136,7 @@ def test_timeline_is_decimated_but_peaks_are_exact():
     spike = 9 * GB
     samples = [Sample(spike if i == 7 else GB, 16 * GB, 1, 1, None) for i in range(40)]
     tel = GpuTelemetry(interval_s=3600, reader=ScriptedReader({0: samples}),
-                       clock=lambda c=itertools.count(): float(next(c)), max_timeline=8)
+                       clock=functools.partial(next, map(float, itertools.count())), max_timeline=8)
     out = run_scripted(tel, 38, cell(1))
     assert len(tel.timeline) < 8
     assert out["gpus"][0]["samples"] == 40 and out["gpus"][0]["memory_used_peak_bytes"] == spike
@@ -172,7 +177,7 @@ def test_selected_indices_only():
 
 def test_an_index_out_of_range_makes_telemetry_unavailable():
     tel = GpuTelemetry([3], reader=ScriptedReader({0: []}))
-    assert not tel.available and "out of range" in tel.unavailable_reason
+    assert not tel.available and "out of range" in str(tel.unavailable_reason)
 
 
 def test_unavailable_without_a_driver_is_reported_once():
@@ -183,7 +188,7 @@ def test_unavailable_without_a_driver_is_reported_once():
     else:
         pytest.skip("this machine has an NVIDIA driver")
     tel = GpuTelemetry()  # the real NVML reader: no driver here
-    assert tel.available is False and "NVML" in tel.unavailable_reason
+    assert tel.available is False and "NVML" in str(tel.unavailable_reason)
     tel.before_cell(SPEC)
     first = tel.after_cell(cell(10))
     assert first == {"available": False, "reason": tel.unavailable_reason}
