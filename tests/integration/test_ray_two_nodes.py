@@ -15,10 +15,13 @@ saying so. Every step is bounded: placement and start by `raycluster.PLACEMENT_T
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import signal
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -149,9 +152,15 @@ def test_cell(llm_load):
 
 
 def test_a_session_with_a_loopback_server_fails_with_the_fix_and_no_dash(
-        two_nodes: Cluster, llm_fake_server: FakeServer, pytester: pytest.Pytester) -> None:
+        two_nodes: Cluster, llm_fake_server: FakeServer, pytester: pytest.Pytester,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue 23's example as users run it: not `1 passed` with "-" in the matrix."""
     pytester.makepyfile(CELL_TEST)
+    # An earlier ray.init() in this process (test_ray_cluster.py) turns on Ray's token authentication
+    # (RAY_AUTH_MODE=token) with the token in ~/.ray; pytester's sessions get a HOME of their own.
+    token = Path(pwd.getpwuid(os.getuid()).pw_dir) / ".ray" / "auth_token"
+    if os.environ.get("RAY_AUTH_MODE") == "token" and token.exists():
+        monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
     started = time.perf_counter()
     result = pytester.runpytest_subprocess(
         f"--llm-base-url={llm_fake_server.base_url}", "--llm-load-cluster=ray",

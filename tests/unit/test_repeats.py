@@ -74,7 +74,7 @@ def _scripted(side: Side, runner: ScriptedRunner) -> None:
     engine (nothing placed, nothing launched); starts and stops are logged in EVENTS."""
     side.write_reports = lambda formats=(): []  # type: ignore[method-assign]
     side._plan_placement = lambda: None  # type: ignore[method-assign]
-    side._server_context = lambda: contextlib.nullcontext(StubServer())  # type: ignore[method-assign,assignment,return-value]
+    side._server_context = lambda: contextlib.nullcontext(StubServer())  # type: ignore[method-assign,assignment,return-value,arg-type]
     side._place_client = lambda server: None  # type: ignore[method-assign,assignment,return-value]
     side._environment = lambda server: {"stub": True}  # type: ignore[method-assign]
     side._make_runner = lambda: contextlib.nullcontext(runner)  # type: ignore[method-assign,assignment,return-value]
