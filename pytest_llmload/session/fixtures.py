@@ -21,6 +21,7 @@ from typing import Any
 from ..errors import CellFailedError, ConfigError, SLOViolation
 from ..gate.capacity import CapacityResult, Inconclusive, find_max_users
 from ..objectives import SLO
+from ..report.table import failure_message
 from ..results import CellResult, CellSpec, RunResult
 from .core import LoadSession
 
@@ -36,8 +37,9 @@ class LoadFixture:
                  rounds: int | None = None, *, cache: str = "", allow_failed: bool = False) -> CellResult:
         """Measure one closed-loop cell: `users` requests at once, each with a prompt of `prompt_tokens`.
         `cache`: the prefix-cache state to put the server in first ("cold", "warm", "uncontrolled").
-        A cell that could not run fails the test (CellFailedError, with the cause and the server log
-        tail) unless `allow_failed=True`: a load test whose load never ran does not pass."""
+        A cell that could not run fails the test (CellFailedError: who was at fault, the error, and for a
+        fault of the server its log tail) unless `allow_failed=True`: a load test whose load never ran does
+        not pass."""
         if cache:
             spec = dataclasses.replace(self._session.closed_spec(users, prompt_tokens, max_tokens, rounds),
                                        cache=cache)
@@ -119,12 +121,10 @@ def replay_spec(session: LoadSession, path: str | Path | None = None, *, users: 
 
 
 def failed_message(cell: CellResult, log_tail: str = "") -> str:
-    """Why a cell a test asked for could not run, with the server log tail when it is not in the error."""
-    error = cell.error or "no reason recorded"
-    text = f"the cell {cell.label} could not run: {error}"
-    if log_tail and "last lines of the server log" not in error:
-        text += f"\n--- last lines of the server log ---\n{log_tail}"
-    return text + "\n(a test that expects this passes allow_failed=True and reads cell.ok)"
+    """Why a cell a test asked for could not run (`report.table.failure_message`: who was at fault, the
+    error, the server log tail for a fault of the server), and how a test that expects it says so."""
+    return (failure_message(cell, log_tail) + "\n(a test that expects this passes allow_failed=True "
+            "and reads cell.ok)")
 
 
 class Matrix:

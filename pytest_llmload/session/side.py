@@ -13,7 +13,11 @@ Lifecycle, the whole of it:
 Only the session stops or closes a side; fixtures never do. Measuring on a side the session stopped or
 closed raises `ServerStoppedError` (a fault of the session): it is never recorded as a failed cell of the
 server under test. A server that dies on its own while up is the server under test failing: its cells
-fail fast with "server died" and the log tail, and the session goes on.
+fail fast with "server died" and the log tail, and the session goes on. A fault of the tool's own set-up
+(`SetupError`: load workers that cannot start or reach the server, no way to size prompts) is found
+before the first request (`LoadRunner.start`); the cell asked for is recorded as failed with cause
+"setup" (the matrices' "error", never the server's "-") and the SetupError, naming the fix, is raised,
+again for every later measurement on the side (the set-up is not retried per test).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from ..errors import ConfigError, LLMLoadError, ServerStoppedError
+from ..errors import ConfigError, LLMLoadError, ServerStoppedError, SetupError
 from ..options import Settings
 from ..results import CellKey, CellResult, CellSpec, RunResult
 from ..vocabulary import SERVER_START
@@ -68,6 +72,7 @@ class Side:
         self._stack = contextlib.ExitStack()
         self._writer: ReportWriter | None = None
         self._start_error: LLMLoadError | None = None
+        self._setup_error: SetupError | None = None  # the tool's set-up cannot measure on this side
         self._server_start: dict[str, float | None] | None = None  # this start, for each cell's extra
         self._last_log_tail = ""  # a launched server's log, kept when it is stopped (failures quote it)
         self._planned = False  # whether `placement` was planned (None is a plan too: not pinned)
@@ -145,24 +150,44 @@ class Side:
     @property
     def runner(self) -> LoadRunner:
         """The LoadRunner bound to the server, with telemetry observers; created on first use after a
-        start, which also records the start (`run.extra["server_starts"]`)."""
+        start, which also records the start (`run.extra["server_starts"]`). Its load workers are started
+        and checked first (`LoadRunner.start`): SetupError, naming the fix, before the first request, and
+        the same SetupError for every later use (a fault of the set-up is not retried per test)."""
+        if self._setup_error is not None:
+            raise self._setup_error
         if self._runner is None:
-            self._runner = self._stack.enter_context(self._make_runner())
-            if self.launched and self.server is not None:
-                self._server_start = self._record_start(self.server, self._runner)
+            runner = self._stack.enter_context(self._make_runner())
+            try:
+                runner.start()
+                self._runner = runner
+                if self.launched and self.server is not None:
+                    self._server_start = self._record_start(self.server, runner)
+            except SetupError as exc:
+                if not isinstance(exc, ServerStoppedError):
+                    self._setup_error = exc
+                raise
         return self._runner
 
     def measure(self, spec: CellSpec) -> CellResult:
         """Measure one repeat of a cell on this side and record it. ServerStoppedError when the server is
         not up: a measurement is never attempted on a server that is gone. With --llm-warmup cell, the
-        first measurement of each cell after a start is preceded by an unrecorded run of the same cell."""
+        first measurement of each cell after a start is preceded by an unrecorded run of the same cell.
+        SetupError when the tool's set-up cannot measure: the cell is recorded as failed (cause "setup",
+        its error naming the fix), then the error is raised."""
         self._check_alive()
-        runner = self.runner
-        if self.settings.effective_warmup == "cell" and spec.key not in self._warmed:
-            self._keep_cold(runner.run_cell(spec))
-            self._warmed.add(spec.key)
-            self._check_alive()
-        return self.record(runner.run_cell(spec))
+        try:
+            runner = self.runner
+            if self.settings.effective_warmup == "cell" and spec.key not in self._warmed:
+                self._keep_cold(runner.run_cell(spec))
+                self._warmed.add(spec.key)
+                self._check_alive()
+            cell = runner.run_cell(spec)
+        except SetupError as exc:
+            if not isinstance(exc, ServerStoppedError):  # the session's own stop: never a recorded cell
+                self._setup_error = exc
+                self.record(_setup_failed(spec, exc))
+            raise
+        return self.record(cell)
 
     def _keep_cold(self, cell: CellResult) -> None:
         """The warm-up run, kept as the cost of a cold start (a summary, never a repeat of the cell)."""
@@ -403,3 +428,9 @@ class Side:
         except (OSError, LLMLoadError) as exc:  # e.g. the report dir is not writable
             self.report_errors.append(f"{type(exc).__name__}: {exc}")
             return []
+
+
+def _setup_failed(spec: CellSpec, exc: SetupError) -> CellResult:
+    """The cell a set-up fault kept from being measured: failed, cause "setup", the error naming the fix."""
+    return CellResult(users=spec.users, prompt_tokens=spec.prompt_tokens, max_tokens=spec.max_tokens, ok=False,
+                      error=str(exc), mode=spec.mode, rate=spec.rate, rounds=spec.rounds, cause="setup")

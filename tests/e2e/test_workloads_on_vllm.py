@@ -4,7 +4,9 @@ warm prefix cache judged by the server's own counters, and a trace replayed open
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,7 +18,7 @@ from pytest_llmload.server.launch import VLLMServer
 
 
 @pytest.fixture(scope="module")
-def runner(tiny_server: VLLMServer) -> LoadRunner:
+def runner(tiny_server: VLLMServer) -> Iterator[LoadRunner]:
     observer = ServerMetricsObserver(tiny_server.base_url, poll_interval_s=0)
     with LoadRunner(tiny_server.base_url, tiny_server.model, observers=[observer], progress=False) as r:
         r.run_cell(CellSpec(users=2, prompt_tokens=31, max_tokens=8))  # the first batch after start is slow
@@ -69,5 +71,5 @@ def test_a_trace_replayed_open_loop_starts_on_time_and_matches_it_line_by_line(r
     assert cell.goodput is not None and cell.goodput > 0.9
 
 
-def _fields(spec: CellSpec) -> dict[str, object]:
+def _fields(spec: CellSpec) -> dict[str, Any]:
     return {"users": spec.users, "prompt_tokens": spec.prompt_tokens, "max_tokens": spec.max_tokens}

@@ -31,6 +31,9 @@ class Runner:
         self.name, self.log, self.level, self.spread = name, log, level, spread
         self.rng = random.Random(seed)
 
+    def start(self) -> None:
+        """The set-up check (`LoadRunner.start`): nothing to check here."""
+
     def run_cell(self, spec: CellSpec) -> CellResult:
         if spec == PROBE:
             return repeat_cell(1, spec.prompt_tokens, e2e=0.1)
@@ -43,7 +46,7 @@ class Runner:
 def _side(side: Side, runner: Runner) -> None:
     side.write_reports = lambda formats=(): []  # type: ignore[method-assign]
     side._plan_placement = lambda: None  # type: ignore[method-assign]
-    side._server_context = lambda: contextlib.nullcontext(_Up())  # type: ignore[method-assign,assignment,return-value]
+    side._server_context = lambda: contextlib.nullcontext(_Up())  # type: ignore[method-assign,assignment,return-value,arg-type]
     side._place_client = lambda server: None  # type: ignore[method-assign,assignment,return-value]
     side._environment = lambda server: {"stub": True}  # type: ignore[method-assign]
     side._make_runner = lambda: contextlib.nullcontext(runner)  # type: ignore[method-assign,assignment,return-value]

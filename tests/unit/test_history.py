@@ -7,6 +7,7 @@ import dataclasses
 import multiprocessing
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,7 +25,7 @@ from factories import cell
 ENV = {"model": "tiny", "served_model_name": "tiny", "cpu_model": "Xeon", "cpu_count": 2, "vllm_version": "0.32.0"}
 
 
-def _run(e2e_itl: float = 0.02, *, env: dict | None = None, invalid: bool = False, interrupted: bool = False) -> RunResult:
+def _run(e2e_itl: float = 0.02, *, env: dict[str, Any] | None = None, invalid: bool = False, interrupted: bool = False) -> RunResult:
     cells = []
     for repeat in range(3):
         for users in (4, 8):

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata as md
+import subprocess
 import sys
 import venv
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,6 +21,7 @@ from pytest_llmload.errors import ConfigError, ServerStartError
 from pytest_llmload.observe.environment import collect_environment
 from pytest_llmload.gate.provenance import differences
 from pytest_llmload.options import OPTIONS_BY_DEST, Settings, parse_env_pair, parse_vllm_install
+from pytest_llmload.server import cpu_setup
 from pytest_llmload.server import install as install_mod
 from pytest_llmload.server.install import VllmInstall, python_of, resolve_install
 from pytest_llmload.server.launch import VLLMServer
@@ -101,7 +104,7 @@ def test_a_console_script_too_long_for_a_shebang(env_dir: Path, tmp_path: Path) 
 
 def test_an_install_is_read_once(env_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     first = resolve_install(env_dir)
-    monkeypatch.setattr(install_mod.subprocess, "run", lambda *a, **k: pytest.fail("read twice"))
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("read twice"))
     assert resolve_install(env_dir / "bin" / "python") is first
 
 
@@ -141,7 +144,7 @@ def test_cpu_problems_are_read_there_and_name_that_install(tmp_path: Path) -> No
     assert found.vllm_version == "0.31.0"
     (problem,) = found.readiness_problems("cpu")
     assert "no package metadata for 'vllm'" in problem
-    assert problem.endswith(f"{env}/bin/python {install_mod.cpu_setup.__file__}")  # the fix, run there
+    assert problem.endswith(f"{env}/bin/python {cpu_setup.__file__}")  # the fix, run there
     assert found.readiness_problems("gpu") == []
     server = VLLMServer(ServerSpec(model=str(tmp_path), served_model_name="m", device="cpu", install=found))
     with pytest.raises(ServerStartError, match=rf"vLLM cannot serve on CPU from vLLM 0.31.0, torch 2.99.0\+cpu "
@@ -157,6 +160,7 @@ def test_options_fail_at_parse_time_naming_the_option(env_dir: Path, tmp_path: P
     parser = argparse.ArgumentParser(exit_on_error=False)
     for dest in ("llm_vllm", "llm_server_env"):
         opt = OPTIONS_BY_DEST[dest]
+        assert opt.parse is not None
         parser.add_argument(opt.flag, type=opt.parse, dest=opt.dest,
                             action="append" if opt.kind == "append" else "store")
     assert parser.parse_args(["--llm-vllm", str(env_dir / "bin" / "vllm")]).llm_vllm == str(env_dir / "bin" / "vllm")
@@ -244,17 +248,21 @@ class _Server:
         return self._reported
 
 
+def _server(install: VllmInstall | None, reported: str | None = None) -> Any:
+    return _Server(install, reported)  # enough of a ServerHandle
+
+
 def test_each_side_records_its_own_install(env_dir: Path) -> None:
     other = resolve_install(env_dir)
-    env = collect_environment(server=_Server(other))
+    env = collect_environment(server=_server(other))
     assert (env["vllm_version"], env["torch_version"]) == ("9.9.1+cpu", "2.99.0+cpu")
     assert env["vllm_install"] == {"python": other.python, "prefix": str(env_dir),
                                    "vllm_version": "9.9.1+cpu", "torch_version": "2.99.0+cpu"}
-    assert collect_environment(server=_Server(other, reported="9.9.1"))["vllm_version"] == "9.9.1"
+    assert collect_environment(server=_server(other, reported="9.9.1"))["vllm_version"] == "9.9.1"
     # An attached server that does not say: unknown, not the vLLM installed beside pytest.
-    attached = collect_environment(server=_Server(None))
+    attached = collect_environment(server=_server(None))
     assert (attached["vllm_version"], attached["torch_version"], attached["vllm_install"]) == (None, None, None)
-    here = collect_environment(server=_Server(resolve_install(None)))
+    here = collect_environment(server=_server(resolve_install(None)))
     diff = {d.key: (d.now, d.then, d.deployment) for d in differences(env, here)}
     if here["torch_version"] is not None:  # context beside the verdicts, never a refusal
         assert diff["torch_version"] == ("2.99.0+cpu", here["torch_version"], False)

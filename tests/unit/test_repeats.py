@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from factories import repeat_cell
 
-from pytest_llmload.errors import ServerStoppedError
+from pytest_llmload.errors import ServerStoppedError, SetupError
 from pytest_llmload.options import Settings
 from pytest_llmload.results import CellResult, CellSpec
 from pytest_llmload.session import PROBE, LoadSession, Side
@@ -27,8 +27,16 @@ class ScriptedRunner:
 
     def __init__(self, name: str, log: list[tuple[str, int]], invalid: Callable[[CellSpec, int], bool]) -> None:
         self.name, self.log, self.invalid, self.seen = name, log, invalid, {}  # type: ignore[var-annotated]
+        self.setup_fault: SetupError | None = None  # what `start()` raises (the set-up check), when set
+        self.calls: list[str] = []  # "start", "probe" and the users of each cell, in order
+
+    def start(self) -> None:
+        self.calls.append("start")
+        if self.setup_fault is not None:
+            raise self.setup_fault
 
     def run_cell(self, spec: CellSpec) -> CellResult:
+        self.calls.append("probe" if spec == PROBE else str(spec.users))
         if spec == PROBE:  # the first request after a start (recorded as the start, not as a cell)
             return repeat_cell(1, spec.prompt_tokens, e2e=0.1)
         nth = self.seen[spec.users] = self.seen.get(spec.users, -1) + 1
@@ -67,6 +75,12 @@ def _session(repeats: int, invalid: Callable[[CellSpec, int], bool] = lambda s, 
         if side is not None:
             _scripted(side, ScriptedRunner(side.name, log, invalid_of))
     return load, log
+
+
+def _runner_of(side: Side) -> ScriptedRunner:
+    runner = side._make_runner().__enter__()  # the scripted runner behind the side
+    assert isinstance(runner, ScriptedRunner)
+    return runner
 
 
 def _scripted(side: Side, runner: ScriptedRunner) -> None:
@@ -154,6 +168,54 @@ def test_a_server_that_died_on_its_own_is_measured_and_fails_as_the_server_under
     load.a.server.exit_code = -9  # type: ignore[union-attr]
     load.run_cell(32, 63)
     assert log == [("A", 8), ("A", 32)] and [c.users for c in load.run.cells] == [8, 32]
+
+
+def test_the_runner_checks_its_set_up_before_the_first_request() -> None:
+    """`LoadRunner.start()` (the set-up check) comes before the start's probe and the first cell."""
+    load, _ = _session(1)
+    load.run_cell(8, 63)
+    load.run_cell(32, 63)
+    assert _runner_of(load.a).calls == ["start", "probe", "8", "32"]
+
+
+def test_a_set_up_fault_fails_the_cell_as_setup_and_is_not_retried_per_test() -> None:
+    """A SetupError before the first request: the cell asked for is recorded as failed with cause "setup"
+    (the matrix's "error", never the server's "-"), its error naming the fix; later measurements on the
+    side raise the same error without starting the load workers again."""
+    load, log = _session(1)
+    fault = SetupError("the server is at 127.0.0.1, this host's loopback\nfix: --llm-host 10.0.0.2")
+    _runner_of(load.a).setup_fault = fault
+    with pytest.raises(SetupError) as raised:
+        load.run_cell(8, 63)
+    assert raised.value is fault and log == [] and "server_starts" not in load.run.extra  # no request at all
+    with pytest.raises(SetupError) as again:
+        load.run_cell(32, 63)
+    assert again.value is fault and _runner_of(load.a).calls == ["start"]
+    assert [(c.users, c.ok, c.cause) for c in load.run.cells] == [(8, False, "setup"), (32, False, "setup")]
+    assert load.run.cells[0].error == str(fault)
+
+
+def test_a_set_up_fault_found_by_a_cell_is_recorded_and_kept_too() -> None:
+    """A SetupError a cell raises (no /tokenize and no tokenizer) after the runner started: recorded as
+    the cell's "setup" failure, and raised again for later cells without asking the runner."""
+    load, _ = _session(1)
+    runner = _runner_of(load.a)
+    load.run_cell(8, 63)
+    fault = SetupError("no working /tokenize\nfix: pass tokenizer_path")
+    asked: list[int] = []
+
+    def sizing_fails(spec: CellSpec) -> CellResult:
+        asked.append(spec.users)
+        raise fault
+
+    runner.run_cell = sizing_fails  # type: ignore[method-assign]
+    for users in (32, 8):
+        with pytest.raises(SetupError) as raised:
+            load.run_cell(users, 63)
+        assert raised.value is fault
+    assert asked == [32]  # the second cell did not ask the runner again
+    assert [(c.users, c.ok, c.cause) for c in load.run.cells] == [(8, True, None), (32, False, "setup"),
+                                                                  (8, False, "setup")]
 
 
 def test_rounds_make_another_cell() -> None:

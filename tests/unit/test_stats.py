@@ -68,7 +68,10 @@ def test_repeats_needed_is_the_smallest_n_whose_interval_clears_the_margin() -> 
 
     cur, base = [1.1, 1.3, 1.2], [1.0, 0.9, 1.1]
     lc, lb = [math.log(v) for v in cur], [math.log(v) for v in base]
-    var = lambda xs: sum((x - sum(xs) / len(xs)) ** 2 for x in xs) / (len(xs) - 1)  # noqa: E731
+
+    def var(xs: list[float]) -> float:
+        return sum((x - sum(xs) / len(xs)) ** 2 for x in xs) / (len(xs) - 1)
+
     spread, squares = var(lc) + var(lb), var(lc) ** 2 + var(lb) ** 2
 
     def width(n: int) -> float:

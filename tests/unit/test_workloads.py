@@ -151,7 +151,7 @@ def test_the_sample_trace() -> None:
 
 
 def test_open_loop_replay_starts_each_request_on_time_and_matches_the_trace(tmp_path: Path) -> None:
-    lines = [{"prompt_tokens": 20 + i, "output_tokens": 3 + i % 4, "arrival_s": 0.02 * i,
+    lines: list[dict[str, Any]] = [{"prompt_tokens": 20 + i, "output_tokens": 3 + i % 4, "arrival_s": 0.02 * i,
               **({"conversation_id": "a", "turn": i // 5} if i % 5 == 0 else {})} for i in range(40)]
     workload = load_workload(write_trace(tmp_path, lines))
     with FakeServer(FakeConfig(ttft_ms=5, itl_ms=1)) as server, runner_for(server) as runner:
