@@ -7,6 +7,8 @@ launched servers share them), each start warmed per cell, `--llm-repeats auto`:
     upgrade            A = 0.32 (this environment), B = 0.31 (--llm-candidate-vllm)   expected: regression at 32 users
     upgrade-swapped    A = 0.31 (--llm-vllm), B = 0.32 (--llm-candidate-vllm)       expected: no regression
     same-install-N     A = B = 0.32 (a candidate restating a default)               expected: no regression
+    baseline-0.32      a baseline saved on 0.32 over 3 server starts in one job (--llm-baseline-starts 3)
+    0.31-vs-baseline   a session on 0.31 (--llm-vllm) against that baseline          expected: regression at 32 users
     max-num-seqs-4/8   B = 0.32 with --max-num-seqs=4 / 8                           expected: regression at 32 users
 
 For every session it keeps the exit status, the verdict per cell, the looks (time to a conclusive verdict),
@@ -51,6 +53,10 @@ def sessions(old: str, new: str) -> list[tuple[str, list[str], str]]:
         ("upgrade-swapped", [f"--llm-vllm={old}", f"--llm-candidate-vllm={new}", *GATE], "no regression, exit 0"),
         *[(f"same-install-{i}", ["--llm-candidate-server-arg=--max-num-seqs=256", *GATE], "no regression, exit 0")
           for i in (1, 2, 3, 4, 5)],
+        ("baseline-0.32", ["--llm-save-baseline=base-032.json", "--llm-baseline-starts=3", "--llm-repeats=2"],
+         "a baseline of 3 sessions (starts) on 0.32"),
+        ("0.31-vs-baseline", [f"--llm-vllm={old}", "--llm-baseline=base-032.json", "--llm-compare-fail=e2e_p50:5%",
+                              "--llm-repeats=3"], "the baseline path: regression at 32 users"),
         ("max-num-seqs-4", ["--llm-candidate-server-arg=--max-num-seqs=4", *GATE], "regression at 32 users"),
         ("max-num-seqs-8", ["--llm-candidate-server-arg=--max-num-seqs=8", *GATE], "regression at 32 users"),
     ]
