@@ -232,6 +232,17 @@ def _add_objective_items(session: pytest.Session, config: pytest.Config, items: 
     for path in sources:
         if path not in collected:
             items.extend(session.genitems(ObjectivesFile.from_parent(session, path=path)))
+    _start_objectives_last(items)
+
+
+def _start_objectives_last(items: list[pytest.Item]) -> None:
+    """Objectives on the server's start run after every other item: they are judged on the starts made by
+    then, and the cells before them have already started the servers they need (when A/B sides take turns,
+    a start objective run first would start B, and the next cell would start A again)."""
+    last: list[pytest.Item] = [i for i in items if isinstance(i, ObjectiveItem) and i.slo.start_objectives]
+    if last:
+        moved = {id(i) for i in last}
+        items[:] = [i for i in items if id(i) not in moved] + last
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

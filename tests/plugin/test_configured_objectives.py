@@ -143,3 +143,15 @@ def test_an_unreachable_server_fails_each_objective_saying_why(pytester: pytest.
     result.assert_outcomes(failed=2)
     result.stdout.fnmatch_lines(["objective 'chat latency' (deploy.toml [[]?slo]] #1) could not be checked:",
                                  "*127.0.0.1:9*"])
+
+
+def test_start_objectives_run_after_every_other_item(pytester: pytest.Pytester, llm_fake_server: FakeServer) -> None:
+    """A start objective is judged on the starts made by its turn: it runs last, so that the cells before it
+    have started the servers they need (and A/B sides taking turns are not started once more for it)."""
+    (pytester.path / "deploy.toml").write_text(
+        '[[slo]]\nname = "starts fast"\nstartup_s = 60\n\n' + DEPLOY.format(latency=600))
+    pytester.makepyfile(test_x="def test_mine(llm_load):\n    llm_load(users=1, prompt_tokens=31)\n")
+    collected = run(pytester, llm_fake_server, "--llm-slo-file=deploy.toml", "--collect-only", "-q")
+    names = [line for line in collected.outlines if "::" in line]
+    assert names[-1] == "deploy.toml::starts fast" and sorted(names[:-1]) == [
+        "deploy.toml::chat latency", "deploy.toml::holds 3 users", "test_x.py::test_mine"], collected.outlines

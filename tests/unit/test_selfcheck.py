@@ -97,16 +97,50 @@ os.sched_setaffinity(0, {cpu})
 # shared its core: the client runs at idle priority (an unprivileged process may lower its own).
 os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
 hog = sys.argv[3] == "hog"
-with LoadRunner(sys.argv[1], "fake-model", progress=False) as runner:
+
+
+# Busy in bursts of 150 ms with 50 ms pauses, for at most 4 s: the idle-priority client runs only in the
+# pauses, so its event loop stalls for ~150 ms at a time (a hog that never pauses would freeze it whole,
+# and the cell would only run once the hog is gone).
+HOG = (
+    "import time\\n"
+    "print('spinning', flush=True)\\n"
+    "end = time.monotonic() + 4\\n"
+    "while time.monotonic() < end:\\n"
+    "    burst = time.monotonic() + 0.15\\n"
+    "    while time.monotonic() < burst: pass\\n"
+    "    time.sleep(0.05)\\n"
+)
+
+
+class Hog:
+    # On the client's own core from right before the cell's requests are launched (the cell's set-up,
+    # starved too, would otherwise take the hog's time) until the cell ends.
+
+    name = "hog"
+
+    def before_cell(self, spec):
+        if hog and spec.max_tokens == 40:
+            self.busy = subprocess.Popen(
+                [sys.executable, "-c", HOG],
+                stdout=subprocess.PIPE, text=True,
+                preexec_fn=lambda: os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0)))
+            self.busy.stdout.readline()  # past its start-up: spinning from here on
+
+    def after_cell(self, result):
+        if getattr(self, "busy", None) is not None:
+            self.busy.kill()
+            self.busy.wait()
+            self.busy = None
+        return None
+
+    def close(self):
+        pass
+
+
+with LoadRunner(sys.argv[1], "fake-model", progress=False, observers=[Hog()]) as runner:
     runner.run_cell_kw(16, 16, 2)  # the 16 prompts sized (and cached) and code paths warm before the cell
-    if hog:  # busy for at most 4 s on the client's own core, started right before the cell
-        busy = subprocess.Popen([sys.executable, "-c", "import time\\nend = time.monotonic() + 4\\nwhile time.monotonic() < end: pass"],
-                                preexec_fn=lambda: os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0)))
-        time.sleep(0.3)  # until it is past its start-up and spinning
     cell = runner.run_cell_kw(16, 16, 40)
-    if hog:
-        busy.kill()
-        busy.wait()
 print(json.dumps({"ok": cell.ok, "valid": cell.valid, "reasons": cell.invalid_reasons,
                   "client": cell.extra["client"]}))
 """
@@ -124,6 +158,11 @@ def _run_client(base_url: str, cpu: int, hog: bool) -> dict[str, object]:
 @pytest.mark.skipif(len(allowed_cpus()) < 2, reason="needs two CPUs: the fake server on one, the client on another")
 def test_a_busy_process_on_the_clients_core_makes_the_cell_invalid(llm_fake_server) -> None:
     llm_fake_server.configure(ttft_ms=50, itl_ms=10)
+    # The server (a thread of this process) on another core than the client and the hog: the hog must
+    # disturb the client, not slow the server down.
+    thread = llm_fake_server._thread
+    assert thread is not None and thread.native_id is not None
+    os.sched_setaffinity(thread.native_id, {allowed_cpus()[0]})
     disturbed = _run_client(llm_fake_server.base_url, allowed_cpus()[-1], hog=True)
     assert disturbed["ok"] is True and disturbed["valid"] is False, disturbed
     reasons = " ".join(disturbed["reasons"])  # type: ignore[arg-type]
