@@ -77,9 +77,13 @@ def test_each_side_of_an_ab_session_runs_from_its_own_install(pytester: pytest.P
     second = resolve_install(SECOND, option="--llm-candidate-vllm")
     here = resolve_install(None)
     pytester.makepyfile(A_B)
+    # One session for two proofs (CI time): the installs, and --llm-repeats auto stopped by its budget. A gate
+    # too tight for 2 repeats to decide (0.01 %) asks for another look, but a block a side (two server
+    # starts and the cell) cannot end within 3 s: the session stops, says so, and judges what it has.
     result = pytester.runpytest_subprocess(f"--llm-candidate-vllm={SECOND}",
-                                           f"--llm-candidate-server-env={'='.join(MARK)}", "--llm-repeats=1", "--llm-warmup=none", "-p", "no:cacheprovider",
-                                           timeout=900)
+                                           f"--llm-candidate-server-env={'='.join(MARK)}", "--llm-warmup=none",
+                                           "--llm-repeats=auto", "--llm-gate-budget=0.05",
+                                           "--llm-compare-fail=e2e_p50:0.01%", "-p", "no:cacheprovider", timeout=900)
     result.assert_outcomes(passed=1)
     a = json.loads((pytester.path / "llmload-report" / "llmload.json").read_text())
     b = json.loads((pytester.path / "llmload-report" / "candidate" / "llmload.json").read_text())
@@ -93,3 +97,12 @@ def test_each_side_of_an_ab_session_runs_from_its_own_install(pytester: pytest.P
         assert install.vllm_version and env["vllm_version"].split("+")[0] == install.vllm_version.split("+")[0]
     if second.vllm_version != here.vllm_version:
         result.stdout.fnmatch_lines(["*differs: vllm_version*"])
+    looks = a["extra"]["repeats_auto"]
+    assert a["extra"]["ab_mode"]["mode"] == "alternate"
+    assert 2 <= len(a["cells"]) <= 4 and 2 <= len(b["cells"]) <= 4  # 2 repeats a side (+ re-measured invalid)
+    if looks["undecided"]:  # as expected at 2 repeats: the budget stopped it before another block
+        assert looks["stopped"].startswith("--llm-gate-budget 0.05 min spent") and looks["looks"] == 1, looks
+        result.stdout.fnmatch_lines(["*--llm-repeats auto: 1 look(s) of at most 9 *; --llm-gate-budget 0.05 min "
+                                     "spent: 1 cell(s) still inconclusive"])
+    else:  # a start-to-start difference large enough to decide at 0.01 % even with 2 repeats
+        assert a["extra"]["verdict"]["verdict"] in ("regression", "improved"), looks
